@@ -1,0 +1,120 @@
+"""Shared pieces of every config: the model size table, the mesh and the logical->mesh sharding rules.
+
+Configs are `get_config(arg)` functions (ml_collections); `arg` is `size=NAME` or just `NAME`.
+"""
+import ml_collections
+
+# name -> (num_layers, hidden_size, num_heads, mlp_dim, vocab_size, seq_len, max_position_embeddings)
+SIZES = {
+    'tiny': (4, 256, 4, 1024, 8000, 128, 512),
+    'bert-base': (12, 768, 12, 3072, 30522, 128, 512),
+    'bert-large': (24, 1024, 16, 4096, 30522, 128, 512),
+    'gpt2-small': (12, 768, 12, 3072, 50304, 1024, 1024),
+    'gpt2-medium': (24, 1024, 16, 4096, 50304, 1024, 1024),
+    'gpt2-large': (36, 1280, 20, 5120, 50304, 1024, 1024),
+    '1b': (24, 2048, 16, 8192, 50304, 2048, 2048),
+}
+
+# Logical axis name -> mesh axes. Parameters and key activations carry the logical names; this table alone
+# decides how they are laid out. The batch is split over data and fsdp; fsdp also shards parameters and
+# optimizer state along 'embed'; tensor splits heads, the MLP and the vocabulary.
+SHARDING_RULES = (
+    ('batch', ('data', 'fsdp')),
+    ('length', None),
+    ('act_embed', None),
+    ('act_heads', 'tensor'),
+    ('act_mlp', 'tensor'),
+    ('act_vocab', 'tensor'),
+    ('embed', 'fsdp'),
+    ('vocab', 'tensor'),
+    ('heads', 'tensor'),
+    ('kv', None),
+    ('mlp', 'tensor'),
+    ('layers', None),
+    ('position', None),
+    ('type_vocab', None),
+    ('norm', None),
+    ('embed_out', None),
+    ('classes', None),
+)
+
+MESH_AXES = ('data', 'fsdp', 'tensor')
+
+
+def parse_size(arg: str | None, default: str = 'tiny') -> str:
+  """Accepts '', 'tiny' or 'size=tiny'; returns the size name or raises naming the choices."""
+  arg = (arg or '').strip()
+  for part in filter(None, arg.split(',')):
+    key, _, value = part.rpartition('=')
+    if key in ('', 'size'):
+      arg = value
+    else:
+      raise ValueError(f'config arg: unknown key {key!r} in {arg!r}; use size=NAME')
+  size = arg or default
+  if size not in SIZES:
+    raise ValueError(f'config arg: unknown size {size!r}; choose one of {", ".join(SIZES)}')
+  return size
+
+
+def base_config(size: str, objective: str) -> ml_collections.ConfigDict:
+  """The full pretraining config for `size` and objective 'mlm' (bert variant) or 'clm' (gpt2 variant)."""
+  layers, hidden, heads, mlp, vocab, seq_len, max_len = SIZES[size]
+  is_bert = objective == 'mlm'
+  large = size not in ('tiny',)
+  c = ml_collections.ConfigDict()
+  c.objective = objective
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict(dict(
+      variant='bert' if is_bert else 'gpt2',
+      vocab_size=vocab,
+      hidden_size=hidden,
+      num_layers=layers,
+      num_heads=heads,
+      mlp_dim=mlp,
+      max_position_embeddings=max_len,
+      type_vocab_size=2 if is_bert else 0,
+      dropout_rate=0.1,
+      attention_dropout_rate=0.0,  # >0 leaves the fused attention kernel for an explicit softmax
+      layer_norm_eps=1e-12 if is_bert else 1e-5,
+      initializer_range=0.02,
+      dtype='bfloat16' if large else 'float32',  # compute dtype; parameters stay float32
+      remat_policy='dots_saveable' if large else 'none',  # none | full | dots_saveable | dots_with_no_batch_dims
+  ))
+
+  c.mlm = ml_collections.ConfigDict(dict(mask_prob=0.15, mask_token_prob=0.8, random_token_prob=0.1))
+
+  c.data = ml_collections.ConfigDict(dict(
+      source='builtin:stdlib-docs',
+      seq_len=seq_len,
+      tokenizer='',  # SentencePiece .model file; '' trains one on the source (cached)
+      eval_fraction=0.02,
+      max_doc_chars=100_000,
+      num_workers=0,
+  ))
+
+  c.train = ml_collections.ConfigDict(dict(
+      steps=600 if size == 'tiny' else 1_000_000,
+      batch_size=16 if size == 'tiny' else 256,
+      learning_rate=1e-3 if size == 'tiny' else (1e-4 if is_bert else 6e-4),
+      end_learning_rate_fraction=0.0,
+      warmup_steps=60 if size == 'tiny' else 10_000,
+      schedule='linear' if is_bert else 'cosine',  # decay after warmup: linear | cosine | constant
+      weight_decay=0.01 if is_bert else 0.1,
+      b1=0.9,
+      b2=0.999 if is_bert else 0.95,
+      eps=1e-6 if is_bert else 1e-8,
+      grad_clip_norm=1.0,
+      log_every=20 if size == 'tiny' else 100,
+      eval_every=200 if size == 'tiny' else 5000,
+      eval_batches=20 if size == 'tiny' else 100,
+      checkpoint_every=200 if size == 'tiny' else 5000,
+      keep_checkpoints=3,
+      stop_at_step=0,  # >0: checkpoint and exit at this step (a time-limited job); rerun to continue
+  ))
+
+  # -1 takes all remaining devices. Small models replicate and split the batch; large ones shard with fsdp.
+  c.mesh = ml_collections.ConfigDict(dict(data=-1 if not large else 1, fsdp=1 if not large else -1, tensor=1))
+  c.sharding_rules = SHARDING_RULES
+  c.lock()  # overrides may change values, never add keys
+  return c

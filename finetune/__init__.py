@@ -1,0 +1,1 @@
+"""GLUE fine-tuning from pretraining checkpoints (restores params only, through pretrain.core.checkpoint)."""

@@ -1,0 +1,98 @@
+"""Orbax checkpoints: async, keep-N, under WORKDIR/checkpoints/STEP/ with three items:
+
+  state  params, optimizer state, step and RNG (sharded arrays; restorable onto any mesh)
+  data   the input pipeline's iterator state (JSON)
+  meta   the config and the tokenizer (JSON), so a checkpoint is self-contained
+
+`restore_params` is the cheap params-only path used by finetune and the tools.
+"""
+import base64
+import json
+import os
+import pathlib
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from pretrain.core.errors import ConfigError
+
+FORMAT_VERSION = 1
+
+
+class Checkpointer:
+  """A CheckpointManager for one workdir. All processes call save/restore together."""
+
+  def __init__(self, workdir: str | os.PathLike, keep: int = 3, async_save: bool = True):
+    self.directory = pathlib.Path(workdir).absolute() / 'checkpoints'
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           enable_async_checkpointing=async_save)
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=('state', 'data', 'meta'))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: Any, data_state: dict, meta: dict) -> None:
+    """Starts an async save; the arrays are copied off the device before this returns."""
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state), meta=ocp.args.JsonSave(meta)))
+
+  def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
+    """abstract_state: ShapeDtypeStructs carrying the target shardings (any mesh)."""
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
+        meta=ocp.args.JsonRestore()))
+    return restored['state'], restored['data'], restored['meta']
+
+  def restore_meta(self, step: int) -> dict:
+    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.close()
+
+
+def make_meta(config, tokenizer) -> dict:
+  return {'format_version': FORMAT_VERSION, 'config': json.loads(config.to_json()),
+          'tokenizer': {'kind': 'sentencepiece', 'model_b64': base64.b64encode(tokenizer.to_bytes()).decode()}}
+
+
+def tokenizer_bytes(meta: dict) -> bytes:
+  return base64.b64decode(meta['tokenizer']['model_b64'])
+
+
+def resolve(path: str | os.PathLike) -> tuple[pathlib.Path, int]:
+  """A workdir, its checkpoints/ dir, or one step dir -> (checkpoints dir, step). Latest step if not named."""
+  path = pathlib.Path(path).absolute()
+  if not path.exists():
+    raise ConfigError(f'checkpoint: {path} does not exist')
+  if path.name.isdigit() and (path / 'state').exists():
+    return path.parent, int(path.name)
+  if (path / 'checkpoints').is_dir():
+    path = path / 'checkpoints'
+  steps = sorted(int(p.name) for p in path.iterdir() if p.name.isdigit() and (p / 'state').exists())
+  if not steps:
+    raise ConfigError(f'checkpoint: no checkpoint steps under {path}')
+  return path, steps[-1]
+
+
+def _step_items(path: str | os.PathLike) -> tuple[pathlib.Path, int]:
+  directory, step = resolve(path)
+  return directory / str(step), step
+
+
+def read_meta(path: str | os.PathLike) -> dict:
+  """The config and tokenizer stored with a checkpoint (no arrays are read)."""
+  step_dir, _ = _step_items(path)
+  return ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(step_dir / 'meta')
+
+
+def restore_params(path: str | os.PathLike, abstract_params: Any) -> Any:
+  """Only the parameters, placed as abstract_params' shardings say (any mesh, any device count)."""
+  step_dir, _ = _step_items(path)
+  restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), abstract_params)
+  restored = ocp.PyTreeCheckpointer().restore(step_dir / 'state', args=ocp.args.PyTreeRestore(
+      item={'params': abstract_params}, restore_args={'params': restore_args}, partial_restore=True))
+  return restored['params']

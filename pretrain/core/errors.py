@@ -1,0 +1,11 @@
+"""The one error type for bad user input: its message names the field, file or flag at fault."""
+
+
+class ConfigError(ValueError):
+  """A setting, file or input that cannot work; raised before any compilation."""
+
+
+def require(condition: bool, message: str) -> None:
+  """Raises ConfigError(message) unless condition holds."""
+  if not condition:
+    raise ConfigError(message)

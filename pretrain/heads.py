@@ -1,0 +1,46 @@
+"""Pretraining heads on top of the Transformer, both tied to the input embedding.
+
+bert: MLM head = dense + erf GELU + LayerNorm, then the tied decoder plus an output bias (BertForMaskedLM).
+gpt2: LM head = the tied decoder, no bias (GPT2LMHeadModel).
+"""
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from pretrain.core.layers import Dense, LayerNorm, param
+from pretrain.core.model_config import ModelConfig
+from pretrain.core.transformer import Transformer
+
+
+class MlmHead(nnx.Module):
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.transform = Dense((cfg.hidden_size,), (cfg.hidden_size,), ('embed', 'embed_out'), cfg, rngs)
+    self.norm = LayerNorm(cfg, rngs)
+    self.bias = param(rngs, jax.nn.initializers.zeros, (cfg.vocab_size,), ('vocab',))
+
+  def __call__(self, hidden_btd: jax.Array, encoder: Transformer) -> jax.Array:
+    h_btd = self.norm(jax.nn.gelu(self.transform(hidden_btd), approximate=False))
+    return encoder.attend(h_btd) + self.bias[...].astype(h_btd.dtype)
+
+
+class LanguageModel(nnx.Module):
+  """Transformer + its pretraining head: tokens -> logits [batch, length, vocab]."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.encoder = Transformer(cfg, rngs)
+    self.mlm_head = MlmHead(cfg, rngs) if cfg.variant == 'bert' else None
+
+  def __call__(self, tokens_bt: jax.Array, *, predict_positions: jax.Array | None = None, **kwargs) -> jax.Array:
+    """Logits in float32: [batch, length, vocab], or [batch, K, vocab] at predict_positions [batch, K] only.
+
+    kwargs: segment_ids, positions, token_type_ids, dropout_key (see Transformer).
+    """
+    hidden_btd = self.encoder(tokens_bt, **kwargs)
+    if predict_positions is not None:
+      hidden_btd = jnp.take_along_axis(hidden_btd, predict_positions[..., None], axis=1)
+    if self.mlm_head is not None:
+      logits_btv = self.mlm_head(hidden_btd, self.encoder)
+    else:
+      logits_btv = self.encoder.attend(hidden_btd)
+    return logits_btv.astype(jnp.float32)

@@ -1,0 +1,98 @@
+"""Where training reports go: a progress line, WORKDIR/metrics.jsonl and TensorBoard event files (process 0)."""
+import json
+import math
+import pathlib
+import time
+
+import logging as py_logging
+
+from absl import logging
+
+_CHATTY_LIBRARIES = ('/orbax/', '/grain/', '/jax/_src/xla_bridge', '/jax/_src/distributed')
+
+
+class _QuietLibraries(py_logging.Filter):
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    return record.levelno >= py_logging.WARNING or not any(s in record.pathname for s in _CHATTY_LIBRARIES)
+
+
+def quiet_library_logs() -> None:
+  """Keeps the progress lines readable: INFO lines of orbax, grain and jax start-up are dropped."""
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+
+
+def _format_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  hours, rest = divmod(seconds, 3600)
+  return f'{hours}h{rest // 60:02d}m' if hours else f'{rest // 60}m{rest % 60:02d}s'
+
+
+def truncate_after(path: pathlib.Path, step: int) -> None:
+  """Drops lines logged after `step` by a run that died before its next checkpoint (so a resume rewrites them)."""
+  if not path.exists():
+    return
+  kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)['step'] <= step]
+  path.write_text(''.join(line + '\n' for line in kept))
+
+
+class MetricsLog:
+
+  def __init__(self, workdir: str, total_steps: int, start_step: int, enabled: bool = True):
+    self.enabled = enabled
+    self.total_steps = total_steps
+    self.last_time, self.last_step = time.perf_counter(), start_step
+    self.writer = None
+    self.path = pathlib.Path(workdir) / 'metrics.jsonl'
+    if not enabled:
+      return
+    truncate_after(self.path, start_step)
+    try:
+      from tensorboardX import SummaryWriter
+      self.writer = SummaryWriter(str(pathlib.Path(workdir) / 'tensorboard'), purge_step=start_step + 1)
+    except ImportError:
+      logging.warning('tensorboardX is not installed: no TensorBoard event files')
+
+  def _write(self, record: dict) -> None:
+    with self.path.open('a') as f:
+      f.write(json.dumps(record) + '\n')
+    if self.writer is not None:
+      for key, value in record.items():
+        if key != 'step' and value is not None:
+          self.writer.add_scalar(key, value, record['step'])
+      self.writer.flush()
+
+  def reset_clock(self, step: int) -> None:
+    """Restarts the throughput clock (after compilation or an evaluation, which are not training time)."""
+    self.last_time, self.last_step = time.perf_counter(), step
+
+  def train(self, step: int, metrics: dict, tokens_per_step: int) -> None:
+    now = time.perf_counter()
+    seconds_per_step = (now - self.last_time) / max(step - self.last_step, 1)
+    self.last_time, self.last_step = now, step
+    record = {'step': step, **{k: float(v) for k, v in metrics.items()},
+              'tokens_per_sec': tokens_per_step / seconds_per_step, 'step_time_ms': 1000 * seconds_per_step}
+    if not self.enabled:
+      return
+    self._write(record)
+    accuracy = f' | acc {record["accuracy"]:.3f}' if 'accuracy' in record else ''
+    logging.info('step %d/%d | loss %.4f%s | lr %.2e | %s tok/s | %.0f ms/step | ETA %s', step, self.total_steps,
+                 record['loss'], accuracy, record['learning_rate'], f'{record["tokens_per_sec"]:,.0f}',
+                 record['step_time_ms'], _format_duration(seconds_per_step * (self.total_steps - step)))
+
+  def eval(self, step: int, metrics: dict) -> None:
+    record = {'step': step, **{k: float(v) for k, v in metrics.items()}}
+    if not self.enabled:
+      return
+    self._write(record)
+    logging.info('eval step %d | %s', step, ' | '.join(f'{k} {v:.4f}' for k, v in record.items() if k != 'step'))
+
+  def close(self) -> None:
+    if self.writer is not None:
+      self.writer.close()
+
+
+def eval_metrics(loss_sum: float, correct_sum: float, weight_sum: float, objective: str) -> dict:
+  loss = loss_sum / max(weight_sum, 1.0)
+  if objective == 'mlm':
+    return {'eval_loss': loss, 'eval_accuracy': correct_sum / max(weight_sum, 1.0)}
+  return {'eval_loss': loss, 'eval_perplexity': math.exp(min(loss, 50.0)), 'eval_accuracy': correct_sum / max(weight_sum, 1.0)}

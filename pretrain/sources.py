@@ -1,0 +1,249 @@
+"""Text sources named by strings: documents as an iterator of str, with counts of what was skipped.
+
+  builtin:stdlib-docs   docstrings of the running Python's stdlib (one document per module) plus the
+                        reference topics of `pydoc_data.topics` (one document per topic); cached as JSONL
+  text:GLOB             one document per file; \\r\\n and \\r become \\n, blank lines are kept
+  jsonl:GLOB            one document per line, field `text`
+  tfds:NAME[/CONFIG]    split `train` of a locally prepared TFDS dataset (array_record), field `text`
+
+Every source goes through the same filter: non-UTF-8 bytes are replaced (U+FFFD) and counted, blank
+documents are skipped, documents over `max_doc_chars` are split into chunks (at a newline or space in the
+last half of the window when there is one), files with NUL bytes are skipped as binary.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import glob
+import json
+import logging
+import os
+import pathlib
+import platform
+import sys
+import sysconfig
+from collections.abc import Iterable, Iterator
+
+from pretrain.core.errors import ConfigError
+
+SCHEMES = ('builtin', 'text', 'jsonl', 'tfds')
+BUILTIN_CORPORA = ('stdlib-docs',)
+_STDLIB_DOCS_VERSION = 1  # raise when the extraction changes, so caches are rebuilt
+_SKIP_DIRS = frozenset({'site-packages', 'dist-packages', 'test', 'tests', 'idle_test', '__pycache__'})
+
+
+@dataclasses.dataclass
+class SourceStats:
+  """What reading a source saw; pass one to `read_documents` and read it after iterating."""
+  files: int = 0
+  documents: int = 0  # documents yielded (chunks of split documents count one each)
+  skipped_empty: int = 0  # blank or whitespace-only documents / files
+  skipped_binary: int = 0  # files with NUL bytes
+  skipped_bad_records: int = 0  # JSONL lines that are not JSON objects with a string `text`
+  replaced_undecodable: int = 0  # documents kept with invalid UTF-8 replaced by U+FFFD
+  split_overlong: int = 0  # documents longer than max_doc_chars, split into chunks
+
+  def as_dict(self) -> dict[str, int]:
+    return dataclasses.asdict(self)
+
+
+def cache_dir() -> pathlib.Path:
+  """$FLAX_PRETRAIN_CACHE, else ~/.cache/flax-pretrain (created on demand)."""
+  path = os.environ.get('FLAX_PRETRAIN_CACHE') or os.path.join(os.path.expanduser('~'), '.cache', 'flax-pretrain')
+  return pathlib.Path(path)
+
+
+def read_documents(source: str, *, max_doc_chars: int = 100_000, stats: SourceStats | None = None,
+                   field: str = 'data.source') -> Iterator[str]:
+  """Documents of `source`. Bad sources raise ConfigError naming `field` now, not on first `next`."""
+  if max_doc_chars < 1:
+    raise ConfigError(f'data.max_doc_chars: must be >= 1, got {max_doc_chars}')
+  stats = stats if stats is not None else SourceStats()
+  scheme, sep, rest = source.partition(':')
+  if not sep or scheme not in SCHEMES:
+    known = ', '.join(f'{s}:' for s in SCHEMES)
+    raise ConfigError(f"{field}: unknown source '{source}' (known schemes: {known})")
+  if scheme == 'builtin':
+    if rest not in BUILTIN_CORPORA:
+      raise ConfigError(f"{field}: unknown builtin corpus '{source}' (known: "
+                        + ', '.join(f'builtin:{c}' for c in BUILTIN_CORPORA) + ')')
+    raw = ((text, False) for text in stdlib_docs())
+  elif scheme == 'tfds':
+    raw = _tfds_texts(rest, field, stats)
+  else:
+    paths = _glob(source, rest, field)
+    raw = _text_files(paths, stats) if scheme == 'text' else _jsonl_files(paths, stats)
+  return _filtered(raw, max_doc_chars, stats)
+
+
+def _filtered(raw: Iterable[tuple[str, bool]], max_doc_chars: int, stats: SourceStats) -> Iterator[str]:
+  for text, replaced in raw:
+    if not text.strip():
+      stats.skipped_empty += 1
+      continue
+    stats.replaced_undecodable += replaced
+    if len(text) > max_doc_chars:
+      stats.split_overlong += 1
+      for chunk in split_text(text, max_doc_chars):
+        stats.documents += 1
+        yield chunk
+    else:
+      stats.documents += 1
+      yield text
+
+
+def split_text(text: str, max_chars: int) -> list[str]:
+  """Chunks of at most max_chars whose concatenation is `text`; cuts after a newline or space if one is
+  in the second half of the window, else mid-word. Whitespace-only chunks are dropped."""
+  chunks, start = [], 0
+  while len(text) - start > max_chars:
+    end = start + max_chars
+    window = text[start:end]
+    cut = window.rfind('\n')
+    if cut < max_chars // 2:
+      cut = max(window.rfind(' '), window.rfind('\t'))
+    end = start + cut + 1 if cut >= max_chars // 2 else end
+    chunks.append(text[start:end])
+    start = end
+  chunks.append(text[start:])
+  return [c for c in chunks if c.strip()]
+
+
+def _decode(data: bytes) -> tuple[str, bool]:
+  try:
+    return data.decode('utf-8'), False
+  except UnicodeDecodeError:
+    return data.decode('utf-8', errors='replace'), True
+
+
+def _glob(source: str, pattern: str, field: str) -> list[str]:
+  paths = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p))
+  if not paths:
+    raise ConfigError(f"{field}: no files match '{source}'")
+  return paths
+
+
+def _text_files(paths: list[str], stats: SourceStats) -> Iterator[tuple[str, bool]]:
+  for path in paths:
+    stats.files += 1
+    data = pathlib.Path(path).read_bytes()
+    if b'\0' in data:
+      stats.skipped_binary += 1
+      continue
+    text, replaced = _decode(data)
+    yield text.removeprefix('\ufeff').replace('\r\n', '\n').replace('\r', '\n'), replaced
+
+
+def _jsonl_files(paths: list[str], stats: SourceStats) -> Iterator[tuple[str, bool]]:
+  for path in paths:
+    stats.files += 1
+    with open(path, 'rb') as f:
+      for line in f:
+        if not line.strip():
+          continue
+        raw, replaced = _decode(line)
+        try:
+          record = json.loads(raw)
+        except ValueError:
+          record = None
+        text = record.get('text') if isinstance(record, dict) else None
+        if not isinstance(text, str):
+          stats.skipped_bad_records += 1
+          continue
+        try:
+          text.encode('utf-8')
+        except UnicodeEncodeError:  # lone surrogates such as "\ud800" in the JSON
+          text, replaced = text.encode('utf-16', 'surrogatepass').decode('utf-16', 'replace'), True
+        yield text, replaced
+
+
+def _tfds_texts(name: str, field: str, stats: SourceStats) -> Iterator[tuple[str, bool]]:
+  """Opens the source now (so a dataset that is not prepared fails fast, never downloading)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  # slow; only when used
+  data_dir = os.environ.get('TFDS_DATA_DIR') or None  # read now: tfds reads it once, at import
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except Exception as e:  # pylint: disable=broad-except  # DatasetNotFoundError, bad config names, ...
+    raise ConfigError(f"{field}: unknown TFDS dataset 'tfds:{name}' ({_first_line(e)})") from None
+  if not builder.is_prepared():
+    raise ConfigError(f"{field}: TFDS dataset 'tfds:{name}' is not prepared in {builder.data_dir} "
+                      '(prepare it with file_format=array_record; nothing is downloaded here)')
+  try:
+    data = tfds.data_source(name, split='train', data_dir=data_dir, download=False)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(f"{field}: cannot read 'tfds:{name}' split train ({_first_line(e)})") from None
+
+  def texts() -> Iterator[tuple[str, bool]]:
+    stats.files += 1
+    for i in range(len(data)):
+      record = data[i]
+      text = record.get('text') if isinstance(record, dict) else None
+      if isinstance(text, bytes):
+        yield _decode(text)
+      elif isinstance(text, str):
+        yield text, False
+      else:
+        stats.skipped_bad_records += 1
+  return texts()
+
+
+def _first_line(e: BaseException) -> str:
+  return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+# builtin:stdlib-docs
+
+
+def stdlib_docs() -> list[str]:
+  """The builtin corpus, extracted once per Python version and cached as JSONL in cache_dir()."""
+  python = platform.python_implementation().lower() + '.'.join(map(str, sys.version_info[:3]))
+  path = cache_dir() / f'stdlib-docs-v{_STDLIB_DOCS_VERSION}-{python}.jsonl'
+  if path.exists():
+    with open(path, encoding='utf-8') as f:
+      return [json.loads(line)['text'] for line in f]
+  docs = _extract_stdlib_docs()
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'{path.name}.tmp.{os.getpid()}')
+    with open(tmp, 'w', encoding='utf-8') as f:
+      f.writelines(json.dumps({'text': d}) + '\n' for d in docs)
+    os.replace(tmp, path)
+  except OSError as e:
+    logging.warning('cannot cache the stdlib-docs corpus in %s: %s', path.parent, e)
+  return docs
+
+
+def _extract_stdlib_docs() -> list[str]:
+  from pydoc_data import topics  # pylint: disable=g-import-not-at-top
+  root = sysconfig.get_paths()['stdlib']
+  docs = []
+  for dirpath, dirnames, filenames in os.walk(root):
+    dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
+    for name in sorted(filenames):
+      if name.endswith('.py'):
+        text = _module_docstrings(os.path.join(dirpath, name))
+        if text:
+          docs.append(text)
+  docs.extend(topics.topics[key] for key in sorted(topics.topics))
+  return docs
+
+
+def _module_docstrings(path: str) -> str:
+  """Module, class and function docstrings of one file in source order, blank-line separated."""
+  try:
+    tree = ast.parse(pathlib.Path(path).read_bytes())
+  except (SyntaxError, ValueError, OSError):
+    return ''
+  parts = []
+
+  def visit(node: ast.AST) -> None:
+    if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+      doc = ast.get_docstring(node, clean=True)
+      if doc and doc.strip():
+        parts.append(doc)
+    for child in ast.iter_child_nodes(node):
+      visit(child)
+
+  visit(tree)
+  return '\n\n'.join(parts)

@@ -1,0 +1,191 @@
+"""run(config, workdir): mesh -> data -> state -> jit -> loop -> log / eval / checkpoint.
+
+Rerunning on the same workdir resumes from the newest checkpoint and continues exactly.
+"""
+import dataclasses
+import pathlib
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from absl import logging
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from pretrain import data as data_lib
+from pretrain import objectives
+from pretrain.core import checkpoint as checkpoint_lib
+from pretrain.core import optim, sharding
+from pretrain.core.errors import require
+from pretrain.core.model_config import ModelConfig
+from pretrain.core.tokenizer import Tokenizer
+from pretrain.heads import LanguageModel
+from pretrain.metrics_log import MetricsLog, eval_metrics
+from pretrain.train_step import init_state, make_steps
+
+OBJECTIVE_VARIANTS = {'mlm': 'bert', 'clm': 'gpt2'}
+
+
+def validate(config) -> ModelConfig:
+  """Every check that needs no data and no compilation; raises ConfigError naming the field."""
+  require(config.objective in OBJECTIVE_VARIANTS,
+          f'objective: {config.objective!r} is not one of {tuple(OBJECTIVE_VARIANTS)}')
+  model_cfg = ModelConfig.from_config(config.model)
+  expected = OBJECTIVE_VARIANTS[config.objective]
+  require(model_cfg.variant == expected,
+          f'model.variant: objective {config.objective!r} needs the {expected!r} variant, got {model_cfg.variant!r}')
+  require(config.data.seq_len >= 2, f'data.seq_len: must be at least 2, got {config.data.seq_len}')
+  require(config.data.seq_len <= model_cfg.max_position_embeddings,
+          f'data.seq_len: {config.data.seq_len} exceeds model.max_position_embeddings '
+          f'{model_cfg.max_position_embeddings}')
+  require(config.train.batch_size > 0, f'train.batch_size: must be positive, got {config.train.batch_size}')
+  for key in ('log_every', 'eval_every', 'checkpoint_every', 'eval_batches', 'keep_checkpoints'):
+    require(config.train[key] > 0, f'train.{key}: must be positive, got {config.train[key]}')
+  require(config.train.stop_at_step >= 0, f'train.stop_at_step: must be >= 0, got {config.train.stop_at_step}')
+  if config.objective == 'mlm':
+    m = config.mlm
+    require(0 < m.mask_prob < 1, f'mlm.mask_prob: must be in (0, 1), got {m.mask_prob}')
+    require(m.mask_token_prob >= 0 and m.random_token_prob >= 0 and m.mask_token_prob + m.random_token_prob <= 1,
+            'mlm.mask_token_prob + mlm.random_token_prob: must be non-negative and sum to at most 1')
+  optim.make_optimizer(config.train)  # validates the schedule and optimizer settings
+  return model_cfg
+
+
+def _mlm_settings(config, tokenizer: Tokenizer) -> objectives.MlmSettings | None:
+  if config.objective != 'mlm':
+    return None
+  return objectives.MlmSettings(mask_id=tokenizer.mask_id, special_ids=tuple(tokenizer.special_ids),
+                                random_vocab_size=tokenizer.vocab_size, mask_prob=config.mlm.mask_prob,
+                                mask_token_prob=config.mlm.mask_token_prob,
+                                random_token_prob=config.mlm.random_token_prob)
+
+
+def train_state_shardings(abstract_state: dict, param_shardings: dict, optimizer, mesh) -> dict:
+  """Optimizer moments are laid out like their parameters; scalars are replicated."""
+  replicated = NamedSharding(mesh, PartitionSpec())
+  opt_shardings = optax.tree_map_params(optimizer, lambda _, s: s, abstract_state['opt_state'], param_shardings,
+                                        transform_non_params=lambda _: replicated,
+                                        is_leaf=lambda x: isinstance(x, NamedSharding))
+  return {'step': replicated, 'params': param_shardings, 'opt_state': opt_shardings, 'rng': replicated}
+
+
+@dataclasses.dataclass
+class Trainer:
+  """Everything compiled for one (config, mesh): the sharded state layout and the jitted steps."""
+  graphdef: nnx.GraphDef
+  state_shardings: dict
+  batch_sharding: NamedSharding
+  abstract_state: dict  # ShapeDtypeStructs carrying the shardings: the restore target
+  init: Callable[[], dict]  # -> a fresh train state, initialised directly sharded
+  train_step: Callable[[dict, dict], tuple[dict, dict]]  # donates the state
+  eval_step: Callable[..., dict]
+
+
+def make_trainer(config, model_cfg: ModelConfig, mesh, tokenizer: Tokenizer) -> Trainer:
+  """Call inside sharding.use_mesh_and_rules(mesh, rules)."""
+  rules = tuple(config.sharding_rules)
+  optimizer = optim.make_optimizer(config.train)
+  build_model = lambda: LanguageModel(model_cfg, nnx.Rngs(config.seed))
+  graphdef, abstract_params = nnx.split(nnx.eval_shape(build_model))
+  param_shardings = nnx.to_pure_dict(sharding.state_shardings(abstract_params, mesh, rules))
+  abstract_state = jax.eval_shape(lambda: init_state(build_model(), optimizer, config.seed))
+  state_shardings = train_state_shardings(abstract_state, param_shardings, optimizer, mesh)
+  step_fns = make_steps(graphdef, optimizer, config.objective, _mlm_settings(config, tokenizer))
+  return Trainer(
+      graphdef=graphdef, state_shardings=state_shardings,
+      batch_sharding=sharding.batch_sharding(mesh, rules),
+      abstract_state=jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                  abstract_state, state_shardings),
+      init=jax.jit(lambda: init_state(build_model(), optimizer, config.seed), out_shardings=state_shardings),
+      train_step=jax.jit(step_fns.train, in_shardings=(state_shardings, sharding.batch_sharding(mesh, rules)),
+                         out_shardings=(state_shardings, None), donate_argnums=0),
+      eval_step=jax.jit(step_fns.eval))
+
+
+def run(config, workdir: str) -> dict:
+  """Pretrains (or resumes) per `config` in `workdir`; returns the last train and eval metrics."""
+  model_cfg = validate(config)
+  workdir = str(pathlib.Path(workdir).absolute())
+  pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
+  mesh = sharding.make_mesh(config.mesh)
+  rules = tuple(config.sharding_rules)
+  data_parallel = sharding.data_parallel_size(mesh, rules)
+  require(config.train.batch_size % data_parallel == 0,
+          f'train.batch_size: {config.train.batch_size} is not divisible by the data-parallel size {data_parallel} '
+          f'(mesh.data * mesh.fsdp)')
+  is_main = jax.process_index() == 0
+
+  checkpointer = checkpoint_lib.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+  latest = checkpointer.latest_step()
+  tokenizer = None
+  if latest is not None:  # the tokenizer travels with the checkpoint
+    tokenizer = Tokenizer.from_bytes(checkpoint_lib.tokenizer_bytes(checkpointer.restore_meta(latest)))
+  data = data_lib.build_data(config, process_index=jax.process_index(), process_count=jax.process_count(),
+                             tokenizer=tokenizer)
+  tokenizer = data.tokenizer
+  meta = checkpoint_lib.make_meta(config, tokenizer)
+  if is_main:
+    tokenizer.save(pathlib.Path(workdir) / 'tokenizer.model')
+    (pathlib.Path(workdir) / 'config.json').write_text(config.to_json_best_effort(indent=2))
+  schedule = optim.learning_rate_schedule(config.train)
+  steps = config.train.steps
+  stop_at = min(steps, config.train.stop_at_step or steps)
+
+  with sharding.use_mesh_and_rules(mesh, rules):
+    trainer = make_trainer(config, model_cfg, mesh, tokenizer)
+    train_iter = data.train_iterator()
+    if latest is not None:
+      state, data_state, _ = checkpointer.restore(latest, trainer.abstract_state)
+      train_iter.set_state(data_state)
+      logging.info('resumed from %s at step %d', checkpointer.directory / str(latest), latest)
+    else:
+      state = trainer.init()
+    num_params = sum(x.size for x in jax.tree.leaves(state['params']))
+    logging.info('model: %s, %s parameters; mesh %s; global batch %d x %d tokens', model_cfg.variant,
+                 f'{num_params:,}', dict(mesh.shape), config.train.batch_size, config.data.seq_len)
+
+    batch_abstract = {k: jax.ShapeDtypeStruct((config.train.batch_size, config.data.seq_len), jnp.int32,
+                                              sharding=trainer.batch_sharding)
+                      for k in ('tokens', 'segment_ids', 'positions')}
+    start = time.perf_counter()
+    train_step = trainer.train_step.lower(state, batch_abstract).compile()
+    compile_s = time.perf_counter() - start
+    logging.info('compiled the train step in %.1f s', compile_s)
+    eval_set = [sharding.global_batch_from_local(b, trainer.batch_sharding)
+                for b in data.eval_batches(config.train.eval_batches)]
+
+    def evaluate() -> dict:
+      sums = [trainer.eval_step(state['params'], state['rng'], b, i) for i, b in enumerate(eval_set)]
+      totals = jax.device_get(jax.tree.map(lambda *xs: sum(xs), *sums)) if sums else {}
+      return eval_metrics(float(totals.get('loss_sum', 0.0)), float(totals.get('correct_sum', 0.0)),
+                          float(totals.get('weight_sum', 0.0)), config.objective)
+
+    step = int(jax.device_get(state['step']))
+    log = MetricsLog(workdir, steps, step, enabled=is_main)
+    tokens_per_step = config.train.batch_size * config.data.seq_len
+    summary = {'compile_s': compile_s}
+    while step < stop_at:
+      batch = sharding.global_batch_from_local(next(train_iter), trainer.batch_sharding)
+      state, metrics = train_step(state, batch)
+      step += 1
+      last = step == stop_at
+      if step % config.train.log_every == 0 or last:
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if config.objective == 'clm':
+          metrics.pop('accuracy')
+        metrics['learning_rate'] = float(schedule(step - 1))
+        log.train(step, metrics, tokens_per_step)
+        summary.update(metrics)
+      if step % config.train.eval_every == 0 or last:
+        summary.update(evaluate())
+        log.eval(step, {k: v for k, v in summary.items() if k.startswith('eval_')})
+        log.reset_clock(step)
+      if step % config.train.checkpoint_every == 0 or last:
+        checkpointer.save(step, state, train_iter.get_state(), meta)
+    checkpointer.wait()
+    checkpointer.close()
+    log.close()
+  summary['step'] = step
+  return summary

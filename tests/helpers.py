@@ -1,0 +1,24 @@
+"""Small configs shared by the tests."""
+from configs import pretrain_clm, pretrain_mlm
+from pretrain.core.model_config import ModelConfig
+
+
+def tiny_config(objective: str = 'mlm', **model_overrides):
+  """The real tiny config, shrunk further so a test step compiles and runs in well under a second."""
+  config = (pretrain_mlm if objective == 'mlm' else pretrain_clm).get_config('tiny')
+  config.model.num_layers = 2
+  config.model.hidden_size = 64
+  config.model.num_heads = 4
+  config.model.mlp_dim = 128
+  config.model.vocab_size = 512
+  config.model.max_position_embeddings = 64
+  config.data.seq_len = 32
+  config.train.batch_size = 8
+  config.train.warmup_steps = 2
+  for key, value in model_overrides.items():
+    config.model[key] = value
+  return config
+
+
+def tiny_model_config(objective: str = 'mlm', **overrides) -> ModelConfig:
+  return ModelConfig.from_config(tiny_config(objective, **overrides).model)

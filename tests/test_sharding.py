@@ -1,0 +1,118 @@
+"""Sharding: parameters laid out as the rules say on a (2, 2, 2) mesh; a sharded step equals one device's."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from pretrain.core import sharding
+from pretrain.core.errors import ConfigError
+from pretrain.train import make_trainer, validate
+from tests.helpers import tiny_config
+
+
+class _Ids:
+  """The special ids the MLM objective needs (a Tokenizer stand-in for the step-only tests)."""
+  vocab_size, mask_id, special_ids = 512, 4, (0, 1, 2, 3, 4)
+
+
+def _mesh(config, devices):
+  return sharding.make_mesh(config.mesh, devices)
+
+
+def _trainer(config, mesh):
+  with sharding.use_mesh_and_rules(mesh, config.sharding_rules):
+    return make_trainer(config, validate(config), mesh, _Ids())
+
+
+def _batch(config, seed=0):
+  b, t = config.train.batch_size, config.data.seq_len
+  rng = np.random.default_rng(seed)
+  segments = np.repeat(np.arange(1, 5), t // 4)[None].repeat(b, 0).astype(np.int32)
+  return {'tokens': rng.integers(5, 512, (b, t)).astype(np.int32), 'segment_ids': segments,
+          'positions': np.tile(np.arange(t // 4), 4)[None].repeat(b, 0).astype(np.int32)}
+
+
+def _three_axis_config(objective='mlm'):
+  config = tiny_config(objective)
+  config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 2
+  return config
+
+
+def test_every_parameter_is_sharded_as_the_rules_say():
+  config = _three_axis_config()
+  mesh = _mesh(config, jax.devices())
+  trainer = _trainer(config, mesh)
+  with sharding.use_mesh_and_rules(mesh, config.sharding_rules):
+    state = trainer.init()
+  params = state['params']
+  # Spot checks against the rules table: embed -> fsdp, heads/mlp/vocab -> tensor, layers unsharded.
+  expected = {
+      ('encoder', 'token_embed'): P('tensor', 'fsdp'),
+      ('encoder', 'position_embed'): P(None, 'fsdp'),
+      ('encoder', 'blocks', 'attention', 'query', 'kernel'): P(None, 'fsdp', 'tensor', None),
+      ('encoder', 'blocks', 'attention', 'out', 'kernel'): P(None, 'tensor', None, 'fsdp'),
+      ('encoder', 'blocks', 'mlp', 'wi', 'kernel'): P(None, 'fsdp', 'tensor'),
+      ('encoder', 'blocks', 'mlp', 'wo', 'kernel'): P(None, 'tensor', 'fsdp'),
+      ('encoder', 'blocks', 'mlp_norm', 'scale'): P(None, None),
+      ('mlm_head', 'bias'): P('tensor'),
+  }
+  for path, spec in expected.items():
+    leaf = params
+    for key in path:
+      leaf = leaf[key]
+    assert leaf.sharding.spec == spec, path
+  # Every parameter, and its Adam moments, carry exactly the sharding the rules give.
+  flat_params = jax.tree_util.tree_leaves_with_path(params)
+  flat_rules = jax.tree_util.tree_leaves_with_path(trainer.state_shardings['params'])
+  assert len(flat_params) == len(flat_rules) == 28
+  for (path, leaf), (_, rule) in zip(flat_params, flat_rules):
+    assert leaf.sharding == rule, path
+    shard_shape = leaf.addressable_shards[0].data.shape
+    assert shard_shape == rule.shard_shape(leaf.shape), path
+  adam_mu = state['opt_state'][1][0].mu
+  jax.tree.map(lambda m, p: m.sharding == p.sharding or pytest.fail('moment sharding differs'), adam_mu, params)
+
+
+@pytest.mark.parametrize('objective', ['mlm', 'clm'])
+def test_sharded_step_equals_single_device_step(objective):
+  config = _three_axis_config(objective)
+  config.model.dropout_rate = 0.1  # dropout draws must not depend on the layout either
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = (1, 1, 1) if len(devices) == 1 else (2, 2, 2)
+    mesh = _mesh(config, devices)
+    trainer = _trainer(config, mesh)
+    with sharding.use_mesh_and_rules(mesh, config.sharding_rules):
+      state = trainer.init()
+      batch = sharding.global_batch_from_local(_batch(config), trainer.batch_sharding)
+      for _ in range(2):
+        state, metrics = trainer.train_step(state, batch)
+    results.append(jax.device_get((state['params'], metrics)))
+  (params_1, metrics_1), (params_8, metrics_8) = results
+  for key in ('loss', 'accuracy', 'grad_norm'):
+    np.testing.assert_allclose(metrics_1[key], metrics_8[key], rtol=2e-5, err_msg=key)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), params_1, params_8)
+
+
+@pytest.mark.parametrize('mesh_cfg,message', [
+    ({'data': 3, 'fsdp': 1, 'tensor': 1}, 'does not match the 8 available devices'),
+    ({'data': -1, 'fsdp': -1, 'tensor': 1}, 'only one of mesh.data/fsdp/tensor may be -1'),
+    ({'data': -1, 'fsdp': 3, 'tensor': 1}, r'mesh\.data: cannot take the remaining devices'),
+    ({'data': 0, 'fsdp': 1, 'tensor': 8}, r'mesh\.data: must be -1 or >= 1'),
+])
+def test_bad_mesh_names_the_field(mesh_cfg, message):
+  with pytest.raises(ConfigError, match=message):
+    sharding.resolve_mesh_shape(mesh_cfg, 8)
+
+
+def test_mesh_minus_one_takes_the_remaining_devices():
+  assert sharding.resolve_mesh_shape({'data': -1, 'fsdp': 2, 'tensor': 2}, 8) == (2, 2, 2)
+  assert sharding.resolve_mesh_shape({'data': 1, 'fsdp': -1, 'tensor': 1}, 8) == (1, 8, 1)
+
+
+def test_parameter_not_divisible_by_its_mesh_axis_names_the_parameter():
+  config = _three_axis_config()
+  config.model.mlp_dim = 129  # 'mlp' is split over tensor=2
+  with pytest.raises(ConfigError, match=r'encoder/blocks/mlp/wi/(kernel|bias) dimension 129 is not divisible by mesh axes tensor'):
+    _trainer(config, _mesh(config, jax.devices()))

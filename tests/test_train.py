@@ -1,0 +1,161 @@
+"""End to end through pretrain.train.run and `python -m pretrain`: learning, checkpoints, exact resume, bad input."""
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from pretrain import train
+from pretrain.core import checkpoint as checkpoint_lib
+from pretrain.core.errors import ConfigError
+from pretrain.core.model_config import ModelConfig
+from pretrain.core.tokenizer import Tokenizer
+from pretrain.heads import LanguageModel
+from tests.helpers import tiny_config
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope='module')
+def cache_dir(tmp_path_factory):
+  """One tokenizer/corpus cache for the module, never ~/.cache."""
+  path = tmp_path_factory.mktemp('cache')
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setenv('FLAX_PRETRAIN_CACHE', str(path))
+    yield path
+
+
+def _config(objective='mlm', steps=6, **train_overrides):
+  config = tiny_config(objective)
+  config.train.steps = steps
+  config.train.log_every = 1
+  config.train.eval_every = 3
+  config.train.eval_batches = 2
+  config.train.checkpoint_every = 3
+  for key, value in train_overrides.items():
+    config.train[key] = value
+  return config
+
+
+def _records(workdir, key):
+  lines = [json.loads(line) for line in (pathlib.Path(workdir) / 'metrics.jsonl').read_text().splitlines()]
+  return [(r['step'], r[key]) for r in lines if key in r]
+
+
+def _restored_params(workdir, config):
+  """Params-only restore of the newest checkpoint, on one device."""
+  model_cfg = ModelConfig.from_config(config.model)
+  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: LanguageModel(model_cfg, nnx.Rngs(0))))
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), nnx.to_pure_dict(abstract))
+  return graphdef, checkpoint_lib.restore_params(workdir, target)
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
+  config = _config('mlm', steps=6)
+  full = train.run(config, tmp_path / 'full')
+  config.train.stop_at_step = 3  # a job that ends early (time limit), then the same command again
+  train.run(config, tmp_path / 'resumed')
+  assert checkpoint_lib.resolve(tmp_path / 'resumed') == (tmp_path / 'resumed' / 'checkpoints', 3)
+  config.train.stop_at_step = 0
+  resumed = train.run(config, tmp_path / 'resumed')
+  assert resumed['step'] == full['step'] == 6
+  losses_full, losses_resumed = _records(tmp_path / 'full', 'loss'), _records(tmp_path / 'resumed', 'loss')
+  assert [s for s, _ in losses_full] == [1, 2, 3, 4, 5, 6]
+  assert losses_resumed == losses_full  # step for step, bit for bit
+  assert _records(tmp_path / 'resumed', 'eval_loss') == _records(tmp_path / 'full', 'eval_loss')
+  _, params_full = _restored_params(tmp_path / 'full', config)
+  _, params_resumed = _restored_params(tmp_path / 'resumed', config)
+  jax.tree.map(np.testing.assert_array_equal, params_full, params_resumed)
+
+
+@pytest.mark.parametrize('objective', ['mlm', 'clm'])
+def test_pretraining_learns_and_leaves_a_checkpoint_that_restores(tmp_path, objective):
+  config = _config(objective, steps=40, eval_every=20, checkpoint_every=20, learning_rate=3e-3, warmup_steps=5)
+  summary = train.run(config, tmp_path)
+  evals = dict(_records(tmp_path, 'eval_loss'))
+  vocab = Tokenizer.from_file(tmp_path / 'tokenizer.model').vocab_size
+  assert evals[40] < evals[20] < math.log(vocab), evals  # falls, and below a uniform guess
+  train_lines = [json.loads(l) for l in (tmp_path / 'metrics.jsonl').read_text().splitlines() if 'loss' in l]
+  assert {'step', 'loss', 'learning_rate', 'tokens_per_sec'} <= set(train_lines[0])
+  eval_keys = {'eval_accuracy'} if objective == 'mlm' else {'eval_perplexity'}
+  assert eval_keys <= set(summary)
+  assert list((tmp_path / 'tensorboard').glob('events.out.tfevents.*'))
+  # The checkpoint holds the config and the tokenizer, and its params reproduce the final eval loss.
+  meta = checkpoint_lib.read_meta(tmp_path)
+  assert meta['config']['objective'] == objective
+  assert checkpoint_lib.tokenizer_bytes(meta) == (tmp_path / 'tokenizer.model').read_bytes()
+  graphdef, params = _restored_params(tmp_path, config)
+  model = nnx.merge(graphdef, params)
+  tokens = np.asarray(Tokenizer.from_file(tmp_path / 'tokenizer.model').encode('Return the number of items.'))
+  logits = model(tokens[None])
+  assert logits.shape == (1, len(tokens), config.model.vocab_size) and np.isfinite(logits).all()
+
+
+def _fails_before_compiling(monkeypatch, config, workdir, match):
+  def no_trainer(*args, **kwargs):
+    raise AssertionError('built and compiled the train step before rejecting the config')
+  monkeypatch.setattr(train, 'make_trainer', no_trainer)
+  with pytest.raises(ConfigError, match=match):
+    train.run(config, str(workdir))
+
+
+@pytest.mark.parametrize('overrides,match', [
+    ({'model.num_heads': 3}, r'model\.num_heads: 3 does not divide model\.hidden_size 64'),
+    ({'mesh.data': 3}, r'mesh: data\*fsdp\*tensor = 3\*1\*1 = 3 does not match the 8 available devices'),
+    ({'train.batch_size': 12}, r'train\.batch_size: 12 is not divisible by the data-parallel size 8'),
+    ({'data.source': 'hdfs:/corpus'}, r'data\.source'),
+    ({'data.source': 'text:/nonexistent/*.txt'}, r'data\.source.*/nonexistent/\*\.txt'),
+    ({'data.tokenizer': '/nonexistent/spm.model'}, r'data\.tokenizer.*/nonexistent/spm\.model'),
+    ({'data.seq_len': 100}, r'data\.seq_len: 100 exceeds model\.max_position_embeddings 64'),
+    ({'model.variant': 'gpt2'}, r"model\.variant: objective 'mlm' needs the 'bert' variant"),
+    ({'train.schedule': 'exp'}, r'train\.schedule'),
+    ({'mlm.mask_prob': 0.0}, r'mlm\.mask_prob'),
+])
+def test_bad_config_is_rejected_naming_the_field(monkeypatch, tmp_path, overrides, match):
+  config = _config('mlm')
+  for dotted, value in overrides.items():
+    section, key = dotted.split('.')
+    config[section][key] = value
+  _fails_before_compiling(monkeypatch, config, tmp_path, match)
+
+
+def test_empty_corpus_is_rejected(monkeypatch, tmp_path):
+  (tmp_path / 'empty.txt').write_text('\n\n   \n')
+  config = _config('mlm')
+  config.data.source = f'text:{tmp_path}/*.txt'
+  _fails_before_compiling(monkeypatch, config, tmp_path / 'run', r'data\.source')
+
+
+def _cli(*args, env_cache):
+  env = dict(os.environ, FLAX_PRETRAIN_CACHE=str(env_cache), JAX_PLATFORMS='cpu')
+  return subprocess.run([sys.executable, '-m', 'pretrain', *args], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=600)
+
+
+def test_cli_trains_the_clm_config_and_resumes(tmp_path, cache_dir):
+  args = ['--config', 'configs/pretrain_clm.py:size=tiny', '--workdir', str(tmp_path),
+          '--config.model.num_layers=1', '--config.model.hidden_size=32', '--config.model.num_heads=2',
+          '--config.model.mlp_dim=64', '--config.model.vocab_size=400', '--config.data.seq_len=32',
+          '--config.train.batch_size=8', '--config.train.log_every=1', '--config.train.eval_batches=1']
+  first = _cli(*args, '--config.train.steps=3', env_cache=cache_dir)
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert 'step 3/3 | loss' in first.stderr and 'ETA' in first.stderr
+  second = _cli(*args, '--config.train.steps=5', env_cache=cache_dir)
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert 'resumed from' in second.stderr
+  assert [s for s, _ in _records(tmp_path, 'loss')] == [1, 2, 3, 4, 5]
+
+
+def test_cli_bad_config_exits_2_with_one_line(tmp_path, cache_dir):
+  result = _cli('--config', 'configs/pretrain_mlm.py:size=tiny', '--workdir', str(tmp_path),
+                '--config.model.num_heads=5', env_cache=cache_dir)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1] == (
+      'error: model.num_heads: 5 does not divide model.hidden_size 256')
