@@ -16,6 +16,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from pretrain import data as data_lib
 from pretrain import objectives
+from pretrain.config_checks import check_resumable, validate
 from pretrain.core import checkpoint as checkpoint_lib
 from pretrain.core import optim, sharding
 from pretrain.core.errors import require
@@ -24,34 +25,6 @@ from pretrain.core.tokenizer import Tokenizer
 from pretrain.heads import LanguageModel
 from pretrain.metrics_log import MetricsLog, eval_metrics
 from pretrain.train_step import init_state, make_steps
-
-OBJECTIVE_VARIANTS = {'mlm': 'bert', 'clm': 'gpt2'}
-
-
-def validate(config) -> ModelConfig:
-  """Every check that needs no data and no compilation; raises ConfigError naming the field."""
-  require(config.objective in OBJECTIVE_VARIANTS,
-          f'objective: {config.objective!r} is not one of {tuple(OBJECTIVE_VARIANTS)}')
-  model_cfg = ModelConfig.from_config(config.model)
-  expected = OBJECTIVE_VARIANTS[config.objective]
-  require(model_cfg.variant == expected,
-          f'model.variant: objective {config.objective!r} needs the {expected!r} variant, got {model_cfg.variant!r}')
-  require(config.data.seq_len >= 2, f'data.seq_len: must be at least 2, got {config.data.seq_len}')
-  require(config.data.seq_len <= model_cfg.max_position_embeddings,
-          f'data.seq_len: {config.data.seq_len} exceeds model.max_position_embeddings '
-          f'{model_cfg.max_position_embeddings}')
-  require(config.train.batch_size > 0, f'train.batch_size: must be positive, got {config.train.batch_size}')
-  for key in ('log_every', 'eval_every', 'checkpoint_every', 'eval_batches', 'keep_checkpoints'):
-    require(config.train[key] > 0, f'train.{key}: must be positive, got {config.train[key]}')
-  require(config.train.stop_at_step >= 0, f'train.stop_at_step: must be >= 0, got {config.train.stop_at_step}')
-  if config.objective == 'mlm':
-    m = config.mlm
-    require(0 < m.mask_prob < 1, f'mlm.mask_prob: must be in (0, 1), got {m.mask_prob}')
-    require(m.mask_token_prob >= 0 and m.random_token_prob >= 0 and m.mask_token_prob + m.random_token_prob <= 1,
-            'mlm.mask_token_prob + mlm.random_token_prob: must be non-negative and sum to at most 1')
-  optim.make_optimizer(config.train)  # validates the schedule and optimizer settings
-  return model_cfg
-
 
 def _mlm_settings(config, tokenizer: Tokenizer) -> objectives.MlmSettings | None:
   if config.objective != 'mlm':
@@ -121,7 +94,9 @@ def run(config, workdir: str) -> dict:
   latest = checkpointer.latest_step()
   tokenizer = None
   if latest is not None:  # the tokenizer travels with the checkpoint
-    tokenizer = Tokenizer.from_bytes(checkpoint_lib.tokenizer_bytes(checkpointer.restore_meta(latest)))
+    saved_meta = checkpointer.restore_meta(latest)
+    check_resumable(config, saved_meta['config'], checkpointer.directory / str(latest))
+    tokenizer = Tokenizer.from_bytes(checkpoint_lib.tokenizer_bytes(saved_meta))
   data = data_lib.build_data(config, process_index=jax.process_index(), process_count=jax.process_count(),
                              tokenizer=tokenizer)
   tokenizer = data.tokenizer

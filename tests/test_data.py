@@ -18,13 +18,6 @@ BATCH = 8
 VOCAB = 500
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _cache(tmp_path_factory):
-  with pytest.MonkeyPatch.context() as mp:
-    mp.setenv('FLAX_PRETRAIN_CACHE', str(tmp_path_factory.mktemp('cache')))
-    yield
-
-
 @pytest.fixture(scope='module')
 def corpus_dir(tmp_path_factory):
   """30 real reference texts as files, one duplicated (duplicates must share a split)."""

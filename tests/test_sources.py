@@ -3,20 +3,12 @@
 import json
 import sys
 import textwrap
-import time
 
 import pytest
 
 from pretrain import sources
 from pretrain.core.errors import ConfigError
 from pretrain.sources import SourceStats, read_documents, split_text
-
-
-@pytest.fixture(autouse=True, scope='module')
-def _cache(tmp_path_factory):
-  with pytest.MonkeyPatch.context() as mp:
-    mp.setenv('FLAX_PRETRAIN_CACHE', str(tmp_path_factory.mktemp('cache')))
-    yield
 
 
 def _read(source: str, **kwargs) -> tuple[list[str], SourceStats]:
@@ -32,9 +24,10 @@ def test_builtin_stdlib_docs_is_cached_per_python(tmp_path, monkeypatch):
   assert any(d.startswith('The "if" statement') for d in docs)  # pydoc_data.topics
   cached = list(sources.cache_dir().glob('stdlib-docs-*.jsonl'))
   assert len(cached) == 1 and f'{sys.version_info.major}.{sys.version_info.minor}' in cached[0].name
-  started = time.perf_counter()
+  def extract_again():
+    raise AssertionError('re-extracted instead of reading the cache')
+  monkeypatch.setattr(sources, '_extract_stdlib_docs', extract_again)
   assert _read('builtin:stdlib-docs')[0] == docs
-  assert time.perf_counter() - started < 2  # read back from the cache, not re-extracted
 
 
 def test_text_one_document_per_file_in_sorted_order(tmp_path):
@@ -129,19 +122,17 @@ def test_bad_max_doc_chars():
     read_documents('builtin:stdlib-docs', max_doc_chars=0)
 
 
+@pytest.mark.timeout(60)  # offline, a download would retry for minutes: this guards against a hang
 def test_tfds_unknown_dataset_fails_fast():
-  started = time.perf_counter()
   with pytest.raises(ConfigError, match="^data.source: unknown TFDS dataset 'tfds:no_such_dataset_xyz'"):
     read_documents('tfds:no_such_dataset_xyz')
-  assert time.perf_counter() - started < 30
 
 
+@pytest.mark.timeout(60)
 def test_tfds_unprepared_dataset_fails_fast_without_download(tmp_path, monkeypatch):
   monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path))
-  started = time.perf_counter()
   with pytest.raises(ConfigError, match="^data.source: TFDS dataset 'tfds:imdb_reviews' is not prepared in"):
     read_documents('tfds:imdb_reviews')
-  assert time.perf_counter() - started < 30
   assert not any(tmp_path.iterdir())  # nothing downloaded or created
 
 

@@ -25,13 +25,6 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _cache(tmp_path_factory):
-  with pytest.MonkeyPatch.context() as mp:
-    mp.setenv('FLAX_PRETRAIN_CACHE', str(tmp_path_factory.mktemp('cache')))
-    yield
-
-
 @pytest.fixture(scope='module')
 def corpus() -> list[str]:
   return [topics.topics[k] for k in sorted(topics.topics)[:40]]

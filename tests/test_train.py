@@ -22,15 +22,6 @@ from tests.helpers import tiny_config
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope='module')
-def cache_dir(tmp_path_factory):
-  """One tokenizer/corpus cache for the module, never ~/.cache."""
-  path = tmp_path_factory.mktemp('cache')
-  with pytest.MonkeyPatch.context() as mp:
-    mp.setenv('FLAX_PRETRAIN_CACHE', str(path))
-    yield path
-
-
 def _config(objective='mlm', steps=6, **train_overrides):
   config = tiny_config(objective)
   config.train.steps = steps
@@ -133,29 +124,50 @@ def test_empty_corpus_is_rejected(monkeypatch, tmp_path):
   _fails_before_compiling(monkeypatch, config, tmp_path / 'run', r'data\.source')
 
 
-def _cli(*args, env_cache):
-  env = dict(os.environ, FLAX_PRETRAIN_CACHE=str(env_cache), JAX_PLATFORMS='cpu')
+def _cli(*args):
+  env = dict(os.environ, JAX_PLATFORMS='cpu')  # the module's fresh cache and the 8 fake devices carry over
   return subprocess.run([sys.executable, '-m', 'pretrain', *args], cwd=ROOT, env=env, capture_output=True,
                         text=True, timeout=600)
 
 
-def test_cli_trains_the_clm_config_and_resumes(tmp_path, cache_dir):
+def test_cli_trains_the_clm_config_and_resumes(tmp_path):
   args = ['--config', 'configs/pretrain_clm.py:size=tiny', '--workdir', str(tmp_path),
           '--config.model.num_layers=1', '--config.model.hidden_size=32', '--config.model.num_heads=2',
           '--config.model.mlp_dim=64', '--config.model.vocab_size=400', '--config.data.seq_len=32',
           '--config.train.batch_size=8', '--config.train.log_every=1', '--config.train.eval_batches=1']
-  first = _cli(*args, '--config.train.steps=3', env_cache=cache_dir)
+  first = _cli(*args, '--config.train.steps=3')
   assert first.returncode == 0, first.stderr[-3000:]
   assert 'step 3/3 | loss' in first.stderr and 'ETA' in first.stderr
-  second = _cli(*args, '--config.train.steps=5', env_cache=cache_dir)
+  second = _cli(*args, '--config.train.steps=5')
   assert second.returncode == 0, second.stderr[-3000:]
   assert 'resumed from' in second.stderr
   assert [s for s, _ in _records(tmp_path, 'loss')] == [1, 2, 3, 4, 5]
 
 
-def test_cli_bad_config_exits_2_with_one_line(tmp_path, cache_dir):
+def test_cli_bad_config_exits_2_with_one_line(tmp_path):
   result = _cli('--config', 'configs/pretrain_mlm.py:size=tiny', '--workdir', str(tmp_path),
-                '--config.model.num_heads=5', env_cache=cache_dir)
+                '--config.model.num_heads=5')
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1] == (
       'error: model.num_heads: 5 does not divide model.hidden_size 256')
+
+
+def test_resuming_with_another_model_names_the_field(tmp_path):
+  config = _config('clm', steps=1, eval_batches=1)
+  train.run(config, tmp_path)
+  config.model.hidden_size = 128
+  with pytest.raises(ConfigError, match=r'model\.hidden_size: 128 differs from 64 in the checkpoint'):
+    train.run(config, tmp_path)
+
+
+def test_resume_onto_another_mesh_continues_the_same_run(tmp_path):
+  config = _config('clm', steps=4, checkpoint_every=2, eval_every=2)
+  train.run(config, tmp_path / 'full')
+  config.train.stop_at_step = 2
+  train.run(config, tmp_path / 'moved')  # 8-way data parallel
+  config.train.stop_at_step = 0
+  config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 2  # resumed with fsdp and tensor parallelism
+  train.run(config, tmp_path / 'moved')
+  full, moved = _records(tmp_path / 'full', 'loss'), _records(tmp_path / 'moved', 'loss')
+  assert [s for s, _ in moved] == [1, 2, 3, 4]
+  np.testing.assert_allclose([l for _, l in moved], [l for _, l in full], rtol=1e-5)

@@ -37,10 +37,10 @@ class Dense(nnx.Module):
   """y = x @ kernel + bias, contracting the last len(in_shape) axes of x; computes in `dtype`."""
 
   def __init__(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...], names: tuple[str, ...],
-               cfg: ModelConfig, rngs: nnx.Rngs, use_bias: bool = True):
+               cfg: ModelConfig, rngs: nnx.Rngs, use_bias: bool = True, init_scale: float = 1.0):
     self.in_dims = len(in_shape)
     self.dtype = cfg.compute_dtype
-    init = jax.nn.initializers.normal(cfg.initializer_range)
+    init = jax.nn.initializers.normal(cfg.initializer_range * init_scale)
     self.kernel = param(rngs, init, in_shape + out_shape, names)
     self.bias = param(rngs, jax.nn.initializers.zeros, out_shape, names[self.in_dims:]) if use_bias else None
 
@@ -82,6 +82,11 @@ def attention_mask(segment_ids: jax.Array, causal: bool) -> jax.Array:
   return mask
 
 
+def residual_init_scale(cfg: ModelConfig) -> float:
+  """gpt2 initialises the projections that write into the residual stream with std / sqrt(2 * layers)."""
+  return (2 * cfg.num_layers) ** -0.5 if cfg.pre_layer_norm else 1.0
+
+
 class Attention(nnx.Module):
   """Multi-head self-attention with separate q/k/v projections (heads sharded over 'tensor')."""
 
@@ -91,7 +96,7 @@ class Attention(nnx.Module):
     self.query = Dense((d,), (n, h), ('embed', 'heads', 'kv'), cfg, rngs)
     self.key = Dense((d,), (n, h), ('embed', 'heads', 'kv'), cfg, rngs)
     self.value = Dense((d,), (n, h), ('embed', 'heads', 'kv'), cfg, rngs)
-    self.out = Dense((n, h), (d,), ('heads', 'kv', 'embed'), cfg, rngs)
+    self.out = Dense((n, h), (d,), ('heads', 'kv', 'embed'), cfg, rngs, init_scale=residual_init_scale(cfg))
 
   def __call__(self, x_btd: jax.Array, mask_b1tt: jax.Array, dropout_key: jax.Array | None) -> jax.Array:
     names = ('batch', 'length', 'act_heads', 'kv')
@@ -114,7 +119,8 @@ class Mlp(nnx.Module):
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     self.approximate_gelu = cfg.variant == 'gpt2'  # gpt2: tanh GELU ("gelu_new"); bert: exact erf GELU
     self.wi = Dense((cfg.hidden_size,), (cfg.mlp_dim,), ('embed', 'mlp'), cfg, rngs)
-    self.wo = Dense((cfg.mlp_dim,), (cfg.hidden_size,), ('mlp', 'embed'), cfg, rngs)
+    self.wo = Dense((cfg.mlp_dim,), (cfg.hidden_size,), ('mlp', 'embed'), cfg, rngs,
+                    init_scale=residual_init_scale(cfg))
 
   def __call__(self, x_btd: jax.Array) -> jax.Array:
     h_btf = jax.nn.gelu(self.wi(x_btd), approximate=self.approximate_gelu)

@@ -37,7 +37,10 @@ class Transformer(nnx.Module):
     self.blocks = stacked_blocks(rngs)
 
   def embed(self, tokens_bt, positions_bt, token_types_bt) -> jax.Array:
-    x_btd = jnp.take(self.token_embed[...], tokens_bt, axis=0)
+    # The table is gathered whole before the lookup (as fsdp does for every weight): a lookup into a table
+    # sharded over vocab and embed has no efficient partitioning.
+    table_vd = constrain(self.token_embed[...], (None, None))
+    x_btd = jnp.take(table_vd, tokens_bt, axis=0)
     x_btd = x_btd + jnp.take(self.position_embed[...], positions_bt, axis=0)
     if self.type_embed is not None:
       x_btd = x_btd + jnp.take(self.type_embed[...], token_types_bt, axis=0)

@@ -1,0 +1,50 @@
+"""Checks of a pretraining config that need no data and no compilation; each names the field at fault."""
+import json
+
+from pretrain.core import optim
+from pretrain.core.errors import require
+from pretrain.core.model_config import ModelConfig
+
+OBJECTIVE_VARIANTS = {'mlm': 'bert', 'clm': 'gpt2'}
+
+
+def validate(config) -> ModelConfig:
+  """Every check that needs no data and no compilation; raises ConfigError naming the field."""
+  require(config.objective in OBJECTIVE_VARIANTS,
+          f'objective: {config.objective!r} is not one of {tuple(OBJECTIVE_VARIANTS)}')
+  model_cfg = ModelConfig.from_config(config.model)
+  expected = OBJECTIVE_VARIANTS[config.objective]
+  require(model_cfg.variant == expected,
+          f'model.variant: objective {config.objective!r} needs the {expected!r} variant, got {model_cfg.variant!r}')
+  require(config.data.seq_len >= 2, f'data.seq_len: must be at least 2, got {config.data.seq_len}')
+  require(config.data.seq_len <= model_cfg.max_position_embeddings,
+          f'data.seq_len: {config.data.seq_len} exceeds model.max_position_embeddings '
+          f'{model_cfg.max_position_embeddings}')
+  require(config.train.batch_size > 0, f'train.batch_size: must be positive, got {config.train.batch_size}')
+  for key in ('log_every', 'eval_every', 'checkpoint_every', 'eval_batches', 'keep_checkpoints'):
+    require(config.train[key] > 0, f'train.{key}: must be positive, got {config.train[key]}')
+  require(config.train.stop_at_step >= 0, f'train.stop_at_step: must be >= 0, got {config.train.stop_at_step}')
+  if config.objective == 'mlm':
+    m = config.mlm
+    require(0 < m.mask_prob < 1, f'mlm.mask_prob: must be in (0, 1), got {m.mask_prob}')
+    require(m.mask_token_prob >= 0 and m.random_token_prob >= 0 and m.mask_token_prob + m.random_token_prob <= 1,
+            'mlm.mask_token_prob + mlm.random_token_prob: must be non-negative and sum to at most 1')
+  optim.make_optimizer(config.train)  # validates the schedule and optimizer settings
+  return model_cfg
+
+
+# Settings a checkpoint fixes: the objective and the parameter shapes. Dropout, dtype, remat, mesh, batch and
+# sequence length may change on resume (a second phase at a longer sequence length, say).
+RESUME_MUST_MATCH = ('objective', 'model.variant', 'model.vocab_size', 'model.hidden_size', 'model.num_layers',
+                     'model.num_heads', 'model.mlp_dim', 'model.max_position_embeddings', 'model.type_vocab_size')
+
+
+def check_resumable(config, saved: dict, where) -> None:
+  """Raises ConfigError naming the first fixed setting in which config differs from a checkpoint's config."""
+  current = json.loads(config.to_json_best_effort())
+  for dotted in RESUME_MUST_MATCH:
+    now, then = current, saved
+    for key in dotted.split('.'):
+      now, then = now.get(key), (then or {}).get(key)
+    require(now == then, f'{dotted}: {now!r} differs from {then!r} in the checkpoint at {where}; '
+            'use a new --workdir, or the old setting to resume')
