@@ -1,9 +1,8 @@
 """python -m pretrain --config configs/pretrain_mlm.py:size=tiny --workdir DIR [--config.train.steps=N ...]"""
-import sys
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from pretrain.core.cli import fail, parse_flags
 from pretrain.core.errors import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/pretrain_mlm.py:size=tiny.',
@@ -22,9 +21,8 @@ def main(argv):
     train.run(_CONFIG.value, _WORKDIR.value)
   except ConfigError as e:
     logging.flush()
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    fail(str(e))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -153,7 +153,7 @@ def run(config, workdir: str) -> dict:
         metrics['learning_rate'] = float(schedule(step - 1))
         log.train(step, metrics, tokens_per_step)
         summary.update(metrics)
-      if step % config.train.eval_every == 0 or last:
+      if step % config.train.eval_every == 0 or step == steps:
         summary.update(evaluate())
         log.eval(step, {k: v for k, v in summary.items() if k.startswith('eval_')})
         log.reset_clock(step)

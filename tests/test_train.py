@@ -130,26 +130,41 @@ def _cli(*args):
                         text=True, timeout=600)
 
 
-def test_cli_trains_the_clm_config_and_resumes(tmp_path):
-  args = ['--config', 'configs/pretrain_clm.py:size=tiny', '--workdir', str(tmp_path),
-          '--config.model.num_layers=1', '--config.model.hidden_size=32', '--config.model.num_heads=2',
-          '--config.model.mlp_dim=64', '--config.model.vocab_size=400', '--config.data.seq_len=32',
-          '--config.train.batch_size=8', '--config.train.log_every=1', '--config.train.eval_batches=1']
-  first = _cli(*args, '--config.train.steps=3')
+def test_cli_trains_the_clm_config_and_the_same_command_resumes_exactly(tmp_path):
+  def args(workdir):
+    return ['--config', 'configs/pretrain_clm.py:size=tiny', '--workdir', str(workdir),
+            '--config.model.num_layers=1', '--config.model.hidden_size=32', '--config.model.num_heads=2',
+            '--config.model.mlp_dim=64', '--config.model.vocab_size=400', '--config.data.seq_len=32',
+            '--config.train.batch_size=8', '--config.train.log_every=1', '--config.train.eval_batches=1',
+            '--config.train.steps=5', '--config.train.warmup_steps=2']
+  first = _cli(*args(tmp_path / 'a'), '--config.train.stop_at_step=3')  # a job cut short...
   assert first.returncode == 0, first.stderr[-3000:]
-  assert 'step 3/3 | loss' in first.stderr and 'ETA' in first.stderr
-  second = _cli(*args, '--config.train.steps=5')
+  assert 'step 3/5 | loss' in first.stderr and 'ETA' in first.stderr
+  second = _cli(*args(tmp_path / 'a'))  # ...and the same command again, in a new process
   assert second.returncode == 0, second.stderr[-3000:]
   assert 'resumed from' in second.stderr
-  assert [s for s, _ in _records(tmp_path, 'loss')] == [1, 2, 3, 4, 5]
+  straight = _cli(*args(tmp_path / 'b'))
+  assert straight.returncode == 0, straight.stderr[-3000:]
+  assert [s for s, _ in _records(tmp_path / 'a', 'loss')] == [1, 2, 3, 4, 5]
+  assert _records(tmp_path / 'a', 'loss') == _records(tmp_path / 'b', 'loss')
+  assert _records(tmp_path / 'a', 'eval_loss') == _records(tmp_path / 'b', 'eval_loss')
 
 
-def test_cli_bad_config_exits_2_with_one_line(tmp_path):
-  result = _cli('--config', 'configs/pretrain_mlm.py:size=tiny', '--workdir', str(tmp_path),
-                '--config.model.num_heads=5')
-  assert result.returncode == 2
-  assert result.stderr.strip().splitlines()[-1] == (
-      'error: model.num_heads: 5 does not divide model.hidden_size 256')
+@pytest.mark.parametrize('args,line', [
+    (['--config', 'configs/pretrain_mlm.py:size=tiny', '--config.model.num_heads=5'],
+     'error: model.num_heads: 5 does not divide model.hidden_size 256'),
+    (['--config', 'configs/pretrain_mlm.py:size=huge'], "unknown size 'huge'; choose one of tiny, bert-base"),
+    (['--config', 'configs/no_such_config.py'], "error: --config: [Errno 2] No such file or directory"),
+    (['--config', 'configs/pretrain_mlm.py', '--config.train.stepz=3'],
+     'error: --config: no config field stepz: Did you mean "steps" instead of "stepz"?'),
+    (['--config', 'configs/pretrain_mlm.py', '--config.train.steps=abc'], 'error: flag --config.train.steps=abc'),
+    (['--config', 'configs/pretrain_clm.py', '--config.data.source=ftp:corpus'], 'error: data.source'),
+])
+def test_cli_bad_input_exits_2_with_one_line(tmp_path, args, line):
+  result = _cli(*args, '--workdir', str(tmp_path))
+  assert result.returncode == 2, result.stderr[-2000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert line in last and 'Traceback' not in result.stderr
 
 
 def test_resuming_with_another_model_names_the_field(tmp_path):
