@@ -27,11 +27,18 @@ def _format_duration(seconds: float) -> str:
   return f'{hours}h{rest // 60:02d}m' if hours else f'{rest // 60}m{rest % 60:02d}s'
 
 
+def _step_of(line: str) -> int | None:
+  try:
+    return int(json.loads(line)['step'])
+  except (ValueError, KeyError, TypeError):
+    return None  # a line cut short by a kill
+
+
 def truncate_after(path: pathlib.Path, step: int) -> None:
-  """Drops lines logged after `step` by a run that died before its next checkpoint (so a resume rewrites them)."""
+  """Drops lines logged after `step` by a run that died before its next checkpoint (a resume rewrites them)."""
   if not path.exists():
     return
-  kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)['step'] <= step]
+  kept = [line for line in path.read_text().splitlines() if (_step_of(line) or step + 1) <= step]
   path.write_text(''.join(line + '\n' for line in kept))
 
 

@@ -116,3 +116,20 @@ def test_parameter_not_divisible_by_its_mesh_axis_names_the_parameter():
   config.model.mlp_dim = 129  # 'mlp' is split over tensor=2
   with pytest.raises(ConfigError, match=r'encoder/blocks/mlp/wi/(kernel|bias) dimension 129 is not divisible by mesh axes tensor'):
     _trainer(config, _mesh(config, jax.devices()))
+
+
+def test_bfloat16_compute_with_remat_trains_float32_parameters_on_the_mesh():
+  losses = {}
+  for dtype, remat in (('float32', 'none'), ('bfloat16', 'dots_saveable')):
+    config = _three_axis_config('clm')
+    config.model.dtype, config.model.remat_policy = dtype, remat
+    mesh = _mesh(config, jax.devices())
+    trainer = _trainer(config, mesh)
+    with sharding.use_mesh_and_rules(mesh, config.sharding_rules):
+      state = trainer.init()
+      state, metrics = trainer.train_step(state, sharding.global_batch_from_local(_batch(config),
+                                                                                 trainer.batch_sharding))
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(state['params']))
+    losses[dtype] = float(metrics['loss'])
+  assert np.isfinite(losses['bfloat16'])
+  np.testing.assert_allclose(losses['bfloat16'], losses['float32'], rtol=2e-2)

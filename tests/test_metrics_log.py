@@ -1,0 +1,18 @@
+"""metrics.jsonl on resume: lines a dead run wrote after its last checkpoint are dropped, torn lines too."""
+import json
+
+from pretrain.metrics_log import MetricsLog
+
+
+def test_resume_drops_lines_after_the_checkpoint_and_torn_lines(tmp_path):
+  path = tmp_path / 'metrics.jsonl'
+  lines = [json.dumps({'step': s, 'loss': 1.0 / s}) for s in (1, 2, 3, 4)] + ['{"step": 5, "lo']
+  path.write_text('\n'.join(lines) + '\n')
+  log = MetricsLog(str(tmp_path), total_steps=10, start_step=2)
+  log.train(3, {'loss': 0.25, 'learning_rate': 1e-3}, tokens_per_step=64)
+  log.eval(3, {'eval_loss': 0.5})
+  log.close()
+  records = [json.loads(line) for line in path.read_text().splitlines()]
+  assert [(r['step'], 'eval_loss' in r) for r in records] == [(1, False), (2, False), (3, False), (3, True)]
+  assert records[2]['loss'] == 0.25 and records[2]['tokens_per_sec'] > 0
+  assert list((tmp_path / 'tensorboard').glob('events.out.tfevents.*'))
