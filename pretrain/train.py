@@ -66,13 +66,13 @@ def make_trainer(config, model_cfg: ModelConfig, mesh, tokenizer: Tokenizer) -> 
   abstract_state = jax.eval_shape(lambda: init_state(build_model(), optimizer, config.seed))
   state_shardings = train_state_shardings(abstract_state, param_shardings, optimizer, mesh)
   step_fns = make_steps(graphdef, optimizer, config.objective, _mlm_settings(config, tokenizer))
+  batch_sharding = sharding.batch_sharding(mesh, rules)
   return Trainer(
-      graphdef=graphdef, state_shardings=state_shardings,
-      batch_sharding=sharding.batch_sharding(mesh, rules),
+      graphdef=graphdef, state_shardings=state_shardings, batch_sharding=batch_sharding,
       abstract_state=jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                   abstract_state, state_shardings),
       init=jax.jit(lambda: init_state(build_model(), optimizer, config.seed), out_shardings=state_shardings),
-      train_step=jax.jit(step_fns.train, in_shardings=(state_shardings, sharding.batch_sharding(mesh, rules)),
+      train_step=jax.jit(step_fns.train, in_shardings=(state_shardings, batch_sharding),
                          out_shardings=(state_shardings, None), donate_argnums=0),
       eval_step=jax.jit(step_fns.eval))
 
