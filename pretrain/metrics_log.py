@@ -38,7 +38,8 @@ def truncate_after(path: pathlib.Path, step: int) -> None:
   """Drops lines logged after `step` by a run that died before its next checkpoint (a resume rewrites them)."""
   if not path.exists():
     return
-  kept = [line for line in path.read_text().splitlines() if (_step_of(line) or step + 1) <= step]
+  steps = [(line, _step_of(line)) for line in path.read_text().splitlines()]
+  kept = [line for line, line_step in steps if line_step is not None and line_step <= step]
   path.write_text(''.join(line + '\n' for line in kept))
 
 

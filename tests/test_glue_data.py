@@ -1,4 +1,6 @@
 """Reading the official GLUE directory layout: every task's train/dev/test files, labels and malformed rows."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -77,8 +79,7 @@ def test_missing_files_and_columns_are_named(root, tmp_path):
   with pytest.raises(ConfigError, match=r'RTE/dev\.tsv: missing'):
     data.read_split(root, TASKS['rte'], 'dev.tsv', with_labels=True)
   with pytest.raises(ConfigError, match=r"no column 'question' in the header"):
-    data.read_split(root, TASKS['qnli'].__class__(**{**TASKS['qnli'].__dict__, 'directory': 'SST-2'}),
-                    'dev.tsv', with_labels=True)
+    data.read_split(root, dataclasses.replace(TASKS['qnli'], directory='SST-2'), 'dev.tsv', with_labels=True)
   with pytest.raises(ConfigError, match=r"data\.source: expected 'glue_dir:PATH'"):
     data.glue_dir('tfds:glue/sst2')
   with pytest.raises(ConfigError, match='does not exist'):
