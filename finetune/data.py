@@ -1,18 +1,21 @@
 """Reads GLUE task files in the official GLUE directory layout (`glue_dir:PATH`); no TensorFlow needed.
 
-Rows whose column count does not match the header (a few QQP training lines) or whose label is not one of
-the task's labels are skipped and counted, never fatal; missing files and columns are errors naming them.
+A missing file or column, or a label outside the task's set, is an error naming the file (and line). Rows
+with the wrong number of fields (real QQP has a few) are skipped and reported with their line numbers; more
+than `max_malformed_fraction` of a file is an error.
 """
 import dataclasses
 import pathlib
 
 import numpy as np
+from absl import logging
 
-from finetune.tasks import Task
+from finetune.tasks import TASKS, Task
 from pretrain.core.errors import ConfigError, require
 
 GLUE_DIR_SCHEME = 'glue_dir:'
 INDEX_COLUMNS = ('index', 'id')
+SHOWN_LINES = 5  # malformed line numbers named in a report
 
 
 @dataclasses.dataclass
@@ -21,6 +24,14 @@ class Examples:
   labels: np.ndarray | None  # int32 class ids, float32 scores (regression), or None (test files)
   indices: list[str]  # the file's own example ids (submission files are keyed by them)
   skipped: int  # malformed rows
+
+
+@dataclasses.dataclass
+class TaskData:
+  train: Examples
+  dev: dict[str, Examples]  # result key ('dev', 'dev_matched', ...) -> labelled examples
+  test: dict[str, Examples]  # submission name ('SST-2', 'MNLI-m', 'AX', ...) -> unlabelled examples
+  test_tasks: dict[str, Task]  # submission name -> the task whose labels name its predictions
 
 
 def glue_dir(source: str, field: str = 'data.source') -> pathlib.Path:
@@ -37,43 +48,68 @@ def _column(header: list[str] | None, column: str | int, path: pathlib.Path) -> 
   return header.index(column)
 
 
-def read_split(root: pathlib.Path, task: Task, file_name: str, with_labels: bool) -> Examples:
+def _label(task: Task, raw: str, where: str) -> int | float:
+  if task.is_regression:
+    try:
+      return float(raw)
+    except ValueError:
+      raise ConfigError(f'{where}: label {raw!r} is not a number') from None
+  require(raw in task.labels, f'{where}: label {raw!r} is not one of {task.name} labels {task.labels}')
+  return task.labels.index(raw)
+
+
+def read_split(root: pathlib.Path, task: Task, file_name: str, with_labels: bool,
+               max_malformed_fraction: float = 0.001) -> Examples:
   """Examples of GLUE_DIR/<task dir>/<file_name>; labels only when with_labels (train and dev files)."""
   path = root / task.directory / file_name
   require(path.is_file(), f'{path}: missing (expected the official GLUE layout under {root})')
   lines = path.read_text(encoding='utf-8', errors='replace').splitlines()
   headerless = task.headerless_train_dev and with_labels
-  header = None if headerless else lines[0].split('\t')
-  rows = [line.split('\t') for line in (lines if headerless else lines[1:]) if line.strip()]
+  header = None if headerless or not lines else lines[0].split('\t')
+  first_line = 1 if headerless else 2  # 1-based line number of the first data row
   text_columns = task.text_columns if with_labels or not task.test_text_columns else task.test_text_columns
   text_idx = [_column(header, c, path) for c in text_columns]
   label_idx = _column(header, task.label_column, path) if with_labels else None
   index_idx = next((header.index(c) for c in INDEX_COLUMNS if header and c in header), None)
-  width = len(header) if header else max(text_idx + [label_idx or 0]) + 1
+  width = len(header) if header else task.headerless_width
 
-  texts, labels, indices, skipped = [], [], [], 0
-  for n, row in enumerate(rows):
-    if (len(row) != width) if header else (len(row) < width):
-      skipped += 1
+  texts, labels, indices, malformed = [], [], [], []
+  for n, line in enumerate(lines[first_line - 1:]):
+    if not line.strip():
+      continue
+    row = line.split('\t')
+    if len(row) != width:
+      malformed.append((first_line + n, len(row)))
       continue
     if with_labels:
-      raw = row[label_idx].strip()
-      if task.is_regression:
-        try:
-          labels.append(float(raw))
-        except ValueError:
-          skipped += 1
-          continue
-      elif raw in task.labels:
-        labels.append(task.labels.index(raw))
-      else:
-        skipped += 1
-        continue
+      labels.append(_label(task, row[label_idx].strip(), f'{path}:{first_line + n}'))
     texts.append(tuple(row[i] for i in text_idx))
     indices.append(row[index_idx] if index_idx is not None else str(n))
-  if not texts:
-    raise ConfigError(f'{path}: no usable rows ({skipped} malformed)')
+  if malformed:
+    shown = ', '.join(f'line {n} ({fields} fields)' for n, fields in malformed[:SHOWN_LINES])
+    more = f' and {len(malformed) - SHOWN_LINES} more' if len(malformed) > SHOWN_LINES else ''
+    report = f'{path}: {len(malformed)} malformed rows, expected {width} tab-separated fields: {shown}{more}'
+    require(len(malformed) <= max_malformed_fraction * (len(texts) + len(malformed)),
+            f'{report} (more than data.max_malformed_fraction={max_malformed_fraction})')
+    logging.warning('%s; skipped', report)
+  require(texts, f'{path}: no examples')
   label_array = None
   if with_labels:
     label_array = np.asarray(labels, np.float32 if task.is_regression else np.int32)
-  return Examples(texts, label_array, indices, skipped)
+  return Examples(texts, label_array, indices, len(malformed))
+
+
+def read_glue_dir(root: pathlib.Path, task: Task, max_malformed_fraction: float) -> TaskData:
+  """train and dev files are required; test files are read when present (for submission predictions)."""
+  read = lambda t, name, labelled: read_split(root, t, name, labelled, max_malformed_fraction)
+  train = read(task, 'train.tsv', True)
+  dev = {key: read(task, name, True) for key, name in task.dev_files.items()}
+  test, test_tasks = {}, {}
+  for test_task in (task, *(TASKS[name] for name in task.predicts_also)):
+    for submission, name in test_task.test_files.items():
+      if (root / test_task.directory / name).is_file():
+        test[submission], test_tasks[submission] = read(test_task, name, False), test_task
+      else:
+        logging.warning('%s: missing; no %s.tsv submission predictions', root / test_task.directory / name,
+                        submission)
+  return TaskData(train, dev, test, test_tasks)

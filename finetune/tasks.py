@@ -18,7 +18,9 @@ class Task:
   dev_files: dict[str, str]  # result key -> file, e.g. {'dev_matched': 'dev_matched.tsv'}
   test_files: dict[str, str]  # leaderboard submission name -> file, e.g. {'MNLI-m': 'test_matched.tsv'}
   test_text_columns: tuple[str | int, ...] | None = None  # when test files name them differently
-  headerless_train_dev: bool = False
+  headerless_train_dev: bool = False  # CoLA: train/dev rows are (source, label, original label, sentence)
+  headerless_width: int = 4
+  predicts_also: tuple[str, ...] = ()  # tasks with test files only, predicted by this task's model (mnli: ax)
 
   @property
   def is_regression(self) -> bool:
@@ -45,7 +47,7 @@ TASKS = {t.name: t for t in (
          {'QQP': 'test.tsv'}),
     Task('mnli', 'MNLI', ('sentence1', 'sentence2'), 'gold_label', NLI3, ('accuracy',),
          {'dev_matched': 'dev_matched.tsv', 'dev_mismatched': 'dev_mismatched.tsv'},
-         {'MNLI-m': 'test_matched.tsv', 'MNLI-mm': 'test_mismatched.tsv'}),
+         {'MNLI-m': 'test_matched.tsv', 'MNLI-mm': 'test_mismatched.tsv'}, predicts_also=('ax',)),
     Task('qnli', 'QNLI', ('question', 'sentence'), 'label', NLI2, ('accuracy',), DEV, {'QNLI': 'test.tsv'}),
     Task('rte', 'RTE', ('sentence1', 'sentence2'), 'label', NLI2, ('accuracy',), DEV, {'RTE': 'test.tsv'}),
     Task('wnli', 'WNLI', ('sentence1', 'sentence2'), 'label', ('0', '1'), ('accuracy',), DEV,

@@ -68,11 +68,35 @@ def test_pair_tasks_classes_and_regression(root):
   assert ax.indices == ['0'] and ax.texts == [('The cat sat.', 'The cat did not sit.')]
 
 
-def test_malformed_rows_are_skipped_and_counted(root):
-  qqp = data.read_split(root, TASKS['qqp'], 'train.tsv', with_labels=True)
+def test_malformed_rows_are_skipped_and_reported_by_line_up_to_a_fraction(root, caplog):
+  qqp = data.read_split(root, TASKS['qqp'], 'train.tsv', with_labels=True, max_malformed_fraction=0.5)
   assert qqp.skipped == 1 and qqp.texts == [('How?', 'Why?'), ('What is AI?', 'Define AI?')]
+  assert 'QQP/train.tsv: 1 malformed rows, expected 6 tab-separated fields: line 3 (4 fields)' in caplog.text
+  with pytest.raises(ConfigError, match=r'QQP/train\.tsv: 1 malformed rows, .*line 3 \(4 fields\) \(more than '
+                                        r'data\.max_malformed_fraction=0\.001\)'):
+    data.read_split(root, TASKS['qqp'], 'train.tsv', with_labels=True)
   qqp_test = data.read_split(root, TASKS['qqp'], 'test.tsv', with_labels=False)
   assert qqp_test.indices == ['0']
+
+
+def test_a_label_outside_the_task_set_names_file_and_line(tmp_path):
+  (tmp_path / 'RTE').mkdir()
+  (tmp_path / 'RTE' / 'dev.tsv').write_text('index\tsentence1\tsentence2\tlabel\n0\tA.\tB.\tentailment\n'
+                                            '1\tC.\tD.\tcontradiction\n')
+  with pytest.raises(ConfigError, match=r"RTE/dev\.tsv:3: label 'contradiction' is not one of rte labels"):
+    data.read_split(tmp_path, TASKS['rte'], 'dev.tsv', with_labels=True)
+  (tmp_path / 'STS-B').mkdir()
+  (tmp_path / 'STS-B' / 'dev.tsv').write_text('sentence1\tsentence2\tscore\nA.\tB.\tfive\n')
+  with pytest.raises(ConfigError, match=r"STS-B/dev\.tsv:2: label 'five' is not a number"):
+    data.read_split(tmp_path, TASKS['stsb'], 'dev.tsv', with_labels=True)
+
+
+def test_a_file_with_the_wrong_columns_is_an_error(tmp_path):
+  (tmp_path / 'CoLA').mkdir()
+  (tmp_path / 'CoLA' / 'train.tsv').write_text('1\tA sentence without source columns.\n' * 3)
+  with pytest.raises(ConfigError, match=r'CoLA/train\.tsv: 3 malformed rows, expected 4 tab-separated fields: '
+                                        r'line 1 \(2 fields\), line 2'):
+    data.read_split(tmp_path, TASKS['cola'], 'train.tsv', with_labels=True)
 
 
 def test_missing_files_and_columns_are_named(root, tmp_path):

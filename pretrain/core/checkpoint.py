@@ -89,9 +89,34 @@ def read_meta(path: str | os.PathLike) -> dict:
   return ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(step_dir / 'meta')
 
 
+def _stored_params(step_dir: pathlib.Path) -> dict:
+  metadata = ocp.PyTreeCheckpointer().metadata(step_dir / 'state')
+  tree = getattr(metadata, 'item_metadata', metadata)
+  return getattr(tree, 'tree', tree)['params']
+
+
+def _check_shapes(abstract_params: Any, stored: dict, step_dir: pathlib.Path) -> None:
+  """Every wanted parameter is in the checkpoint with the same shape, else one error naming it."""
+  for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_params):
+    keys = [str(getattr(k, 'key', k)) for k in path]
+    node = stored
+    for key in keys:
+      node = node.get(key) if isinstance(node, dict) else None
+    name = '.'.join(keys)
+    if node is None:
+      raise ConfigError(f'checkpoint: {step_dir} has no parameter {name} (a different architecture)')
+    if tuple(node.shape) != tuple(leaf.shape):
+      raise ConfigError(f'checkpoint: parameter {name} has shape {tuple(node.shape)} in {step_dir}, '
+                        f'the model wants {tuple(leaf.shape)}')
+
+
 def restore_params(path: str | os.PathLike, abstract_params: Any) -> Any:
-  """Only the parameters, placed as abstract_params' shardings say (any mesh, any device count)."""
+  """Only the parameters, placed as abstract_params' shardings say (any mesh, any device count).
+
+  abstract_params may be a subtree (e.g. {'encoder': ...}); shapes are checked before anything is read.
+  """
   step_dir, _ = _step_items(path)
+  _check_shapes(abstract_params, _stored_params(step_dir), step_dir)
   restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), abstract_params)
   restored = ocp.PyTreeCheckpointer().restore(step_dir / 'state', args=ocp.args.PyTreeRestore(
       item={'params': abstract_params}, restore_args={'params': restore_args}, partial_restore=True))

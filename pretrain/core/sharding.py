@@ -106,3 +106,10 @@ def data_parallel_size(mesh: jax.sharding.Mesh, rules: Rules) -> int:
 def global_batch_from_local(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
   """Builds global arrays from this process's rows (each process holds a contiguous slice of the batch)."""
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+
+
+def global_batch_from_host(batch: dict[str, np.ndarray], shardings: dict[str, NamedSharding]
+                           ) -> dict[str, jax.Array]:
+  """Builds global arrays when every process holds the whole batch (small fine-tuning sets)."""
+  return {k: jax.make_array_from_callback(v.shape, shardings[k], lambda index, v=v: v[index])
+          for k, v in batch.items()}

@@ -1,0 +1,93 @@
+"""Checks of a fine-tuning config and its checkpoint that need no data and no compilation.
+
+Each failure is one ConfigError naming the field or file: the task, the data source, the checkpoint (a
+path with no checkpoint, a vocabulary or length the checkpoint's model cannot hold), the train settings.
+"""
+import dataclasses
+import types
+
+from finetune.data import GLUE_DIR_SCHEME, glue_dir
+from finetune.tasks import TASKS, Task
+from pretrain.core import checkpoint as checkpoint_lib
+from pretrain.core import optim
+from pretrain.core.errors import ConfigError, require
+from pretrain.core.model_config import ModelConfig
+from pretrain.core.tokenizer import Tokenizer
+
+SOURCE_SCHEMES = (GLUE_DIR_SCHEME, 'tfds:')
+RUNTIME_MODEL_FIELDS = ('dropout_rate', 'attention_dropout_rate', 'dtype', 'remat_policy')
+
+
+@dataclasses.dataclass(frozen=True)
+class Pretrained:
+  model_cfg: ModelConfig  # the checkpoint's architecture with this run's dropout/dtype/remat
+  tokenizer: Tokenizer
+  checkpoint: str  # the resolved step directory
+
+
+def task_of(config) -> Task:
+  require(config.task in TASKS, f'task: {config.task!r} is not one of {tuple(TASKS)}')
+  task = TASKS[config.task]
+  owner = next((t.name for t in TASKS.values() if task.name in t.predicts_also), None)
+  require(owner is None, f"task: '{task.name}' has no training data; fine-tune '{owner}', whose run also "
+          f'writes the {task.name} test predictions')
+  return task
+
+
+def validate(config) -> Task:
+  task = task_of(config)
+  require(config.init_checkpoint, 'init_checkpoint: required (a pretraining workdir, its checkpoints/ dir or a '
+          'step dir)')
+  require(config.data.source.startswith(SOURCE_SCHEMES),
+          f"data.source: expected 'glue_dir:PATH' or 'tfds:glue/{task.name}', got {config.data.source!r}")
+  require(config.data.max_length >= 4, f'data.max_length: must be at least 4, got {config.data.max_length}')
+  require(0 <= config.data.max_malformed_fraction < 1,
+          f'data.max_malformed_fraction: must be in [0, 1), got {config.data.max_malformed_fraction}')
+  for key in ('epochs', 'batch_size', 'eval_batch_size', 'log_every'):
+    require(config.train[key] > 0, f'train.{key}: must be positive, got {config.train[key]}')
+  require(0 <= config.train.warmup_fraction <= 1,
+          f'train.warmup_fraction: must be in [0, 1], got {config.train.warmup_fraction}')
+  require(config.train.max_train_examples >= 0,
+          f'train.max_train_examples: must be >= 0, got {config.train.max_train_examples}')
+  optimizer_settings(config.train, total_steps=1)  # validates the schedule and optimizer fields
+  if config.data.source.startswith(GLUE_DIR_SCHEME):
+    root = glue_dir(config.data.source)
+    for name in ('train.tsv', *task.dev_files.values()):
+      require((root / task.directory / name).is_file(),
+              f'data.source: {root / task.directory / name} is missing (the official GLUE layout has '
+              f'{task.directory}/{name})')
+  return task
+
+
+def optimizer_settings(train_cfg, total_steps: int) -> types.SimpleNamespace:
+  """The fields pretrain.core.optim reads, with steps and warmup from the epoch count."""
+  settings = types.SimpleNamespace(
+      steps=total_steps, warmup_steps=round(train_cfg.warmup_fraction * total_steps),
+      **{k: train_cfg[k] for k in ('learning_rate', 'end_learning_rate_fraction', 'schedule', 'weight_decay',
+                                   'b1', 'b2', 'eps', 'grad_clip_norm')})
+  optim.make_optimizer(settings)
+  return settings
+
+
+def load_pretrained(config) -> Pretrained:
+  """The checkpoint's architecture and tokenizer, checked against this config (reads no arrays)."""
+  directory, step = checkpoint_lib.resolve(config.init_checkpoint)
+  step_dir = directory / str(step)
+  try:
+    meta = checkpoint_lib.read_meta(step_dir)
+  except Exception as e:  # pylint: disable=broad-except  # a torn or foreign checkpoint
+    raise ConfigError(f'init_checkpoint: {step_dir} has no readable meta item ({type(e).__name__}: {e})') \
+        from None
+  require('tokenizer' in meta and 'model' in meta.get('config', {}),
+          f'init_checkpoint: {step_dir} holds no config and tokenizer (not a checkpoint of this project)')
+  saved = dict(meta['config']['model'])
+  saved.update({k: config.model[k] for k in RUNTIME_MODEL_FIELDS})
+  model_cfg = ModelConfig.from_config(saved)
+  tokenizer = Tokenizer.from_bytes(checkpoint_lib.tokenizer_bytes(meta))
+  require(tokenizer.vocab_size <= model_cfg.vocab_size,
+          f'init_checkpoint: its tokenizer has {tokenizer.vocab_size} pieces but model.vocab_size is '
+          f'{model_cfg.vocab_size} in {step_dir}')
+  require(config.data.max_length <= model_cfg.max_position_embeddings,
+          f'data.max_length: {config.data.max_length} exceeds the checkpoint\'s model.max_position_embeddings '
+          f'{model_cfg.max_position_embeddings}')
+  return Pretrained(model_cfg, tokenizer, str(step_dir))

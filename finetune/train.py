@@ -1,0 +1,183 @@
+"""run(config, workdir): checks -> data -> model (encoder restored params-only) -> epochs -> results.
+
+Trains for train.epochs, evaluates every dev split after each epoch, keeps the parameters of the best epoch
+(by the task's headline metric on its first dev split) and writes results.json and predictions from them.
+"""
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from finetune import checks, features, outputs
+from finetune import data as data_lib
+from finetune import metrics as metrics_lib
+from finetune.model import Classifier
+from finetune.steps import make_steps
+from finetune.tasks import Task
+from finetune.tfds_glue import read_tfds
+from pretrain.core import checkpoint as checkpoint_lib
+from pretrain.core import optim, sharding
+from pretrain.core.errors import require
+from pretrain.metrics_log import MetricsLog
+from pretrain.train import train_state_shardings
+from pretrain.train_step import init_state
+
+
+def load_data(config, task: Task) -> data_lib.TaskData:
+  if config.data.source.startswith('tfds:'):
+    return read_tfds(config.data.source, task)
+  root = data_lib.glue_dir(config.data.source)
+  return data_lib.read_glue_dir(root, task, config.data.max_malformed_fraction)
+
+
+def _encode_all(task_data: data_lib.TaskData, tokenizer, max_length: int) -> tuple[dict, int]:
+  """{('train'|'dev'|'test', key): arrays} all padded to one length, and that length."""
+  splits = {('train', 'train'): task_data.train, **{('dev', k): v for k, v in task_data.dev.items()},
+            **{('test', k): v for k, v in task_data.test.items()}}
+  rows = {key: features.token_rows(examples, tokenizer, max_length) for key, examples in splits.items()}
+  length = features.padded_length(list(rows.values()), max_length)
+  arrays = {key: features.to_arrays(r, length, tokenizer.pad_id) for key, r in rows.items()}
+  for key, examples in splits.items():
+    if examples.labels is not None:
+      arrays[key]['labels'] = examples.labels
+  return arrays, length
+
+
+def _take(arrays: dict, index: np.ndarray, size: int) -> dict:
+  """Rows `index`, padded to `size` rows of weight 0."""
+  padded = np.concatenate([index, np.zeros(size - len(index), index.dtype)])
+  batch = {k: v[padded] for k, v in arrays.items()}
+  batch['weights'] = (np.arange(size) < len(index)).astype(np.float32)
+  if 'labels' not in batch:
+    batch['labels'] = np.zeros(size, np.int32)
+  return batch
+
+
+def run(config, workdir: str) -> dict:
+  """Fine-tunes per `config` in `workdir`; returns the results written to workdir/results.json."""
+  task = checks.validate(config)
+  pretrained = checks.load_pretrained(config)
+  mesh = sharding.make_mesh(config.mesh)
+  rules = tuple(config.sharding_rules)
+  data_parallel = sharding.data_parallel_size(mesh, rules)
+  for key in ('batch_size', 'eval_batch_size'):
+    require(config.train[key] % data_parallel == 0, f'train.{key}: {config.train[key]} is not divisible by the '
+            f'data-parallel size {data_parallel} (mesh.data * mesh.fsdp)')
+  workdir_path = pathlib.Path(workdir).absolute()
+  workdir_path.mkdir(parents=True, exist_ok=True)
+
+  task_data = load_data(config, task)
+  if config.train.max_train_examples:
+    n = config.train.max_train_examples
+    t = task_data.train
+    task_data.train = data_lib.Examples(t.texts[:n], t.labels[:n], t.indices[:n], t.skipped)
+  arrays, length = _encode_all(task_data, pretrained.tokenizer, config.data.max_length)
+  num_train = len(task_data.train.texts)
+  batch_size = config.train.batch_size
+  steps_per_epoch = -(-num_train // batch_size)
+  total_steps = config.train.epochs * steps_per_epoch
+  optimizer = optim.make_optimizer(checks.optimizer_settings(config.train, total_steps))
+  is_main = jax.process_index() == 0
+
+  with sharding.use_mesh_and_rules(mesh, rules):
+    build_model = lambda: Classifier(pretrained.model_cfg, task.num_labels, nnx.Rngs(config.seed))
+    graphdef, abstract_params = nnx.split(nnx.eval_shape(build_model))
+    param_shardings = nnx.to_pure_dict(sharding.state_shardings(abstract_params, mesh, rules))
+    abstract_state = jax.eval_shape(lambda: init_state(build_model(), optimizer, config.seed))
+    state_shardings = train_state_shardings(abstract_state, param_shardings, optimizer, mesh)
+    state = jax.jit(lambda: init_state(build_model(), optimizer, config.seed), out_shardings=state_shardings)()
+    if not config.from_scratch:
+      target = {'encoder': jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                        abstract_state['params']['encoder'], param_shardings['encoder'])}
+      state['params']['encoder'] = checkpoint_lib.restore_params(pretrained.checkpoint, target)['encoder']
+      logging.info('restored the encoder from %s', pretrained.checkpoint)
+
+    rows_2d = sharding.batch_sharding(mesh, rules)
+    rows_1d = NamedSharding(mesh, sharding.logical_to_spec(('batch',), rules))
+    batch_shardings = {'tokens': rows_2d, 'token_type_ids': rows_2d, 'segment_ids': rows_2d,
+                       'labels': rows_1d, 'weights': rows_1d}
+    steps = make_steps(graphdef, optimizer, task.is_regression)
+    train_step = jax.jit(steps.train, in_shardings=(state_shardings, batch_shardings),
+                         out_shardings=(state_shardings, None), donate_argnums=0)
+    predict_step = jax.jit(steps.predict, in_shardings=(param_shardings, batch_shardings),
+                           out_shardings=NamedSharding(mesh, PartitionSpec()))
+
+    def to_device(batch: dict) -> dict:
+      return sharding.global_batch_from_host(batch, {k: batch_shardings[k] for k in batch})
+
+    def predict(params, split_arrays: dict) -> np.ndarray:
+      n, size = len(split_arrays['tokens']), config.train.eval_batch_size
+      outs = [np.asarray(predict_step(params, to_device(_take(split_arrays, np.arange(i, min(i + size, n)), size))))
+              for i in range(0, n, size)]
+      return np.concatenate(outs)[:n]
+
+    def evaluate(params) -> tuple[dict, dict]:
+      scores, predictions = {}, {}
+      for key in task.dev_files:
+        predictions[key] = outputs.to_predictions(predict(params, arrays[('dev', key)]), task)
+        scores[key] = metrics_lib.compute(task.metrics, predictions[key], task_data.dev[key].labels)
+      return scores, predictions
+
+    num_params = sum(x.size for x in jax.tree.leaves(state['params']))
+    logging.info('%s: %d train examples (%d malformed skipped), padded to %d tokens; %s parameters; '
+                 '%d epochs x %d steps of %d', task.name, num_train, task_data.train.skipped, length,
+                 f'{num_params:,}', config.train.epochs, steps_per_epoch, batch_size)
+    headline_split, headline = next(iter(task.dev_files)), task.metrics[0]
+    log = MetricsLog(str(workdir_path), total_steps, 0, enabled=is_main)
+    shuffle = np.random.default_rng(config.seed)
+    history, best, best_params, best_predictions = [], None, None, None
+    start, step = time.perf_counter(), 0
+    for epoch in range(1, config.train.epochs + 1):
+      order = shuffle.permutation(num_train)
+      losses = []
+      for i in range(steps_per_epoch):
+        batch = to_device(_take(arrays[('train', 'train')], order[i * batch_size:(i + 1) * batch_size], batch_size))
+        state, metrics = train_step(state, batch)
+        step += 1
+        losses.append(metrics['loss'])
+        if step % config.train.log_every == 0 or i == steps_per_epoch - 1:
+          scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+          log.train(step, {**scalars, 'learning_rate': float(optimizer_lr(config, total_steps, step))},
+                    batch_size * length)
+      scores, predictions = evaluate(state['params'])
+      train_loss = float(np.mean(jax.device_get(losses)))
+      history.append({'epoch': epoch, 'step': step, 'train_loss': train_loss, **scores})
+      log.eval(step, {f'{split}_{name}': v for split, s in scores.items() for name, v in s.items()})
+      log.reset_clock(step)
+      if best is None or scores[headline_split][headline] > best:
+        best, best_epoch = scores[headline_split][headline], epoch
+        best_params = jax.tree.map(lambda x: x.copy(), state['params'])
+        best_predictions = predictions
+    train_seconds = time.perf_counter() - start
+    test_predictions = {name: outputs.to_predictions(predict(best_params, arrays[('test', name)]),
+                                                     task_data.test_tasks[name])
+                        for name in task_data.test}
+    log.close()
+
+  results = {'task': task.name, **{k: history[best_epoch - 1][k] for k in task.dev_files},
+             'best_epoch': best_epoch, 'epochs': history, 'majority_baseline': majority_baseline(task, task_data),
+             'seed': config.seed,
+             'init_checkpoint': None if config.from_scratch else pretrained.checkpoint,
+             'num_train_examples': num_train, 'padded_length': length, 'train_seconds': round(train_seconds, 1)}
+  if is_main:
+    outputs.write(workdir_path, results, task, task_data, best_predictions, test_predictions)
+  logging.info('%s: best epoch %d, %s', task.name, best_epoch, outputs.summary(results, task))
+  return results
+
+
+def majority_baseline(task: Task, task_data: data_lib.TaskData) -> dict | None:
+  """Dev scores of always predicting the most frequent training label (None for regression)."""
+  if task.is_regression:
+    return None
+  majority = np.bincount(task_data.train.labels, minlength=task.num_labels).argmax()
+  return {key: metrics_lib.compute(task.metrics, np.full(len(dev.labels), majority), dev.labels)
+          for key, dev in task_data.dev.items()}
+
+
+def optimizer_lr(config, total_steps: int, step: int) -> float:
+  return optim.learning_rate_schedule(checks.optimizer_settings(config.train, total_steps))(step - 1)
