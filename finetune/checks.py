@@ -7,6 +7,7 @@ import dataclasses
 import types
 
 from finetune.data import GLUE_DIR_SCHEME, glue_dir
+from finetune.model import POOLINGS
 from finetune.tasks import TASKS, Task
 from pretrain.core import checkpoint as checkpoint_lib
 from pretrain.core import optim
@@ -40,6 +41,7 @@ def validate(config) -> Task:
           'step dir)')
   require(config.data.source.startswith(SOURCE_SCHEMES),
           f"data.source: expected 'glue_dir:PATH' or 'tfds:glue/{task.name}', got {config.data.source!r}")
+  require(config.pooling in POOLINGS, f'pooling: {config.pooling!r} is not one of {POOLINGS}')
   require(config.data.max_length >= 4, f'data.max_length: must be at least 4, got {config.data.max_length}')
   require(0 <= config.data.max_malformed_fraction < 1,
           f'data.max_malformed_fraction: must be in [0, 1), got {config.data.max_malformed_fraction}')

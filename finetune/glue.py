@@ -51,10 +51,16 @@ def _scoped(spec: str) -> tuple[str | None, str]:
   return scope, override
 
 
+FLAG_FIELDS = {'task': '--tasks', 'seed': '--seed/--seeds', 'init_checkpoint': '--checkpoint',
+               'from_scratch': '--from_scratch', 'data.source': '--data'}
+
+
 def _override(config, spec: str) -> None:
   field, sep, raw = spec.partition('=')
   if not sep:
     raise ConfigError(f'--set {spec}: expected FIELD=VALUE')
+  if field in FLAG_FIELDS:
+    raise ConfigError(f'--set {spec}: {field} is set by {FLAG_FIELDS[field]}')
   try:
     parent = config
     *sections, leaf = field.split('.')

@@ -1,7 +1,8 @@
 """The pretrained Transformer plus a fresh classification (or regression) head on its pooled output.
 
-bert: the pretrained pooler, tanh(dense([CLS] hidden)), as BertForSequenceClassification.
-gpt2: the hidden state of the last real token, as GPT2ForSequenceClassification.
+pooling 'auto': bert uses the pretrained pooler, tanh(dense([CLS] hidden)), as BertForSequenceClassification;
+gpt2 the hidden state of the last real token, as GPT2ForSequenceClassification. 'mean': the mean hidden
+state of the real tokens (any variant).
 The parameter tree is {'encoder': <the pretraining encoder's tree>, 'head': ...}, so the encoder restores
 from a pretraining checkpoint by name.
 """
@@ -14,9 +15,13 @@ from pretrain.core.model_config import ModelConfig
 from pretrain.core.transformer import Transformer
 
 
+POOLINGS = ('auto', 'mean')
+
+
 class Classifier(nnx.Module):
-  def __init__(self, cfg: ModelConfig, num_outputs: int, rngs: nnx.Rngs):
+  def __init__(self, cfg: ModelConfig, num_outputs: int, rngs: nnx.Rngs, pooling: str = 'auto'):
     self.cfg = cfg
+    self.pooling = pooling
     self.encoder = Transformer(cfg, rngs)
     self.head = Dense((cfg.hidden_size,), (num_outputs,), ('embed', 'classes'), cfg, rngs)
 
@@ -26,7 +31,10 @@ class Classifier(nnx.Module):
     encoder_key, head_key = jax.random.split(dropout_key) if dropout_key is not None else (None, None)
     hidden_btd = self.encoder(tokens_bt, segment_ids=segment_ids, token_type_ids=token_type_ids,
                               dropout_key=encoder_key)
-    if self.encoder.pooler is not None:
+    if self.pooling == 'mean':
+      real_bt1 = (segment_ids > 0)[..., None].astype(hidden_btd.dtype)
+      pooled_bd = jnp.sum(hidden_btd * real_bt1, axis=1) / jnp.maximum(jnp.sum(real_bt1, axis=1), 1.0)
+    elif self.encoder.pooler is not None:
       pooled_bd = self.encoder.pool(hidden_btd)
     else:
       last_b = jnp.maximum(jnp.sum(segment_ids > 0, axis=1) - 1, 0)

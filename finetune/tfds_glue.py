@@ -16,12 +16,8 @@ from pretrain.core.errors import ConfigError, require
 # Our result keys and submission names -> tfds split names.
 SPLITS = {'train': 'train', 'dev': 'validation', 'dev_matched': 'validation_matched',
           'dev_mismatched': 'validation_mismatched', 'MNLI-m': 'test_matched', 'MNLI-mm': 'test_mismatched'}
-# tfds feature names of the text columns, per task.
-TEXT_FEATURES = {'cola': ('sentence',), 'sst2': ('sentence',), 'mrpc': ('sentence1', 'sentence2'),
-                 'stsb': ('sentence1', 'sentence2'), 'qqp': ('question1', 'question2'),
-                 'mnli': ('premise', 'hypothesis'), 'qnli': ('question', 'sentence'),
-                 'rte': ('sentence1', 'sentence2'), 'wnli': ('sentence1', 'sentence2'), 'ax': ('premise', 'hypothesis')}
 PROBE_TIMEOUT_S = 5.0
+FALLBACK_URL = 'https://dl.fbaipublicfiles.com/glue/'  # where GLUE lives (MRPC names no single url)
 FIELD = 'data.source'
 
 
@@ -54,8 +50,7 @@ def _builder(tfds, task: Task):
   data_dir = os.environ.get('TFDS_DATA_DIR') or None
   builder = tfds.builder(name, data_dir=data_dir)
   if not builder.is_prepared():
-    urls = [v for v in vars(builder.builder_config).values() if isinstance(v, str) and v.startswith('http')]
-    problem = _reachable(urls[0]) if urls else None
+    problem = _reachable(getattr(builder.builder_config, 'data_url', None) or FALLBACK_URL)
     require(problem is None, f"{FIELD}: 'tfds:{name}' is not prepared in {builder.data_dir} and cannot be "
             f'downloaded ({problem}); prepare it where there is network and set TFDS_DATA_DIR')
     try:
@@ -66,13 +61,14 @@ def _builder(tfds, task: Task):
 
 
 def _examples(tfds, builder, task: Task, split: str, with_labels: bool) -> Examples:
+  text_features = list(builder.builder_config.text_features)  # e.g. ['premise', 'hypothesis'], in order
   names = builder.info.features['label'].names if not task.is_regression else None
   remap = None
   if names and set(names) == set(task.labels):
     remap = np.asarray([task.labels.index(n) for n in names])  # e.g. mnli's label order differs from GLUE's files
   texts, labels, indices = [], [], []
   for record in tfds.as_numpy(builder.as_dataset(split=split)):
-    texts.append(tuple(record[f].decode('utf-8') for f in TEXT_FEATURES[task.name]))
+    texts.append(tuple(record[f].decode('utf-8') for f in text_features))
     labels.append(record['label'])
     indices.append(str(record['idx']))
   label_array = None

@@ -3,11 +3,12 @@
 Trains for train.epochs, evaluates every dev split after each epoch, keeps the parameters of the best epoch
 (by the task's headline metric on its first dev split) and writes results.json and predictions from them.
 """
+import dataclasses
 import pathlib
 import time
+from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from flax import nnx
@@ -58,6 +59,42 @@ def _take(arrays: dict, index: np.ndarray, size: int) -> dict:
   return batch
 
 
+@dataclasses.dataclass
+class Compiled:
+  state: dict  # the train state, initialised sharded; the encoder restored unless from_scratch
+  train_step: Callable[[dict, dict], tuple[dict, dict]]  # donates the state
+  predict_step: Callable[[dict, dict], jax.Array]  # (params, batch) -> replicated outputs
+  to_device: Callable[[dict], dict]  # a host batch (every process holds all of it) -> global arrays
+
+
+def _compile(config, pretrained: checks.Pretrained, task: Task, mesh, rules, optimizer) -> Compiled:
+  """Call inside sharding.use_mesh_and_rules(mesh, rules)."""
+  build_model = lambda: Classifier(pretrained.model_cfg, task.num_labels, nnx.Rngs(config.seed), config.pooling)
+  graphdef, abstract_params = nnx.split(nnx.eval_shape(build_model))
+  param_shardings = nnx.to_pure_dict(sharding.state_shardings(abstract_params, mesh, rules))
+  abstract_state = jax.eval_shape(lambda: init_state(build_model(), optimizer, config.seed))
+  state_shardings = train_state_shardings(abstract_state, param_shardings, optimizer, mesh)
+  state = jax.jit(lambda: init_state(build_model(), optimizer, config.seed), out_shardings=state_shardings)()
+  if not config.from_scratch:  # the fresh Adam moments are zeros either way
+    target = {'encoder': jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                      abstract_state['params']['encoder'], param_shardings['encoder'])}
+    state['params']['encoder'] = checkpoint_lib.restore_params(pretrained.checkpoint, target)['encoder']
+    logging.info('restored the encoder from %s', pretrained.checkpoint)
+
+  rows_2d = sharding.batch_sharding(mesh, rules)
+  rows_1d = NamedSharding(mesh, sharding.logical_to_spec(('batch',), rules))
+  batch_shardings = {'tokens': rows_2d, 'token_type_ids': rows_2d, 'segment_ids': rows_2d,
+                     'labels': rows_1d, 'weights': rows_1d}
+  steps = make_steps(graphdef, optimizer, task.is_regression)
+  return Compiled(
+      state=state,
+      train_step=jax.jit(steps.train, in_shardings=(state_shardings, batch_shardings),
+                         out_shardings=(state_shardings, None), donate_argnums=0),
+      predict_step=jax.jit(steps.predict, in_shardings=(param_shardings, batch_shardings),
+                           out_shardings=NamedSharding(mesh, PartitionSpec())),
+      to_device=lambda batch: sharding.global_batch_from_host(batch, batch_shardings))
+
+
 def run(config, workdir: str) -> dict:
   """Fine-tunes per `config` in `workdir`; returns the results written to workdir/results.json."""
   task = checks.validate(config)
@@ -85,36 +122,13 @@ def run(config, workdir: str) -> dict:
   is_main = jax.process_index() == 0
 
   with sharding.use_mesh_and_rules(mesh, rules):
-    build_model = lambda: Classifier(pretrained.model_cfg, task.num_labels, nnx.Rngs(config.seed))
-    graphdef, abstract_params = nnx.split(nnx.eval_shape(build_model))
-    param_shardings = nnx.to_pure_dict(sharding.state_shardings(abstract_params, mesh, rules))
-    abstract_state = jax.eval_shape(lambda: init_state(build_model(), optimizer, config.seed))
-    state_shardings = train_state_shardings(abstract_state, param_shardings, optimizer, mesh)
-    state = jax.jit(lambda: init_state(build_model(), optimizer, config.seed), out_shardings=state_shardings)()
-    if not config.from_scratch:
-      target = {'encoder': jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                        abstract_state['params']['encoder'], param_shardings['encoder'])}
-      state['params']['encoder'] = checkpoint_lib.restore_params(pretrained.checkpoint, target)['encoder']
-      logging.info('restored the encoder from %s', pretrained.checkpoint)
-
-    rows_2d = sharding.batch_sharding(mesh, rules)
-    rows_1d = NamedSharding(mesh, sharding.logical_to_spec(('batch',), rules))
-    batch_shardings = {'tokens': rows_2d, 'token_type_ids': rows_2d, 'segment_ids': rows_2d,
-                       'labels': rows_1d, 'weights': rows_1d}
-    steps = make_steps(graphdef, optimizer, task.is_regression)
-    train_step = jax.jit(steps.train, in_shardings=(state_shardings, batch_shardings),
-                         out_shardings=(state_shardings, None), donate_argnums=0)
-    predict_step = jax.jit(steps.predict, in_shardings=(param_shardings, batch_shardings),
-                           out_shardings=NamedSharding(mesh, PartitionSpec()))
-
-    def to_device(batch: dict) -> dict:
-      return sharding.global_batch_from_host(batch, {k: batch_shardings[k] for k in batch})
+    compiled = _compile(config, pretrained, task, mesh, rules, optimizer)
+    state, train_step, to_device = compiled.state, compiled.train_step, compiled.to_device
 
     def predict(params, split_arrays: dict) -> np.ndarray:
       n, size = len(split_arrays['tokens']), config.train.eval_batch_size
-      outs = [np.asarray(predict_step(params, to_device(_take(split_arrays, np.arange(i, min(i + size, n)), size))))
-              for i in range(0, n, size)]
-      return np.concatenate(outs)[:n]
+      batches = (to_device(_take(split_arrays, np.arange(i, min(i + size, n)), size)) for i in range(0, n, size))
+      return np.concatenate([np.asarray(compiled.predict_step(params, b)) for b in batches])[:n]
 
     def evaluate(params) -> tuple[dict, dict]:
       scores, predictions = {}, {}

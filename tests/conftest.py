@@ -1,7 +1,11 @@
 """Tests run on 8 fake CPU devices; the flag must be set before jax is imported anywhere."""
 import os
 
-os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8').strip()
+# The 8 fake devices are threads on (in CI) 2 cores: when the machine is busy a collective can wait for its
+# threads longer than XLA's 40 s default, which aborts the process; give it 10 minutes.
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
+                           ' --xla_cpu_collective_call_terminate_timeout_seconds=600'
+                           ' --xla_cpu_collective_timeout_seconds=600').strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 import pytest  # noqa: E402

@@ -126,16 +126,21 @@ def test_finetuning_learns_a_learnable_task(checkpoint, tmp_path):
   assert results['epochs'][-1]['train_loss'] < results['epochs'][0]['train_loss']
 
 
-def test_a_step_dir_and_from_scratch_and_a_gpt2_checkpoint_work(tmp_path, glue):
+def test_a_gpt2_step_dir_from_scratch_and_mean_pooling_on_another_mesh_work(checkpoint, glue, tmp_path):
   clm = tiny_config('clm')
   clm.train.steps, clm.train.eval_every, clm.train.checkpoint_every = 2, 2, 2
   pretrain.run(clm, str(tmp_path / 'clm'))
-  for from_scratch in (False, True):
+  runs = [(str(tmp_path / 'clm' / 'checkpoints' / '2'), False, 'auto'), (str(tmp_path / 'clm'), True, 'auto'),
+          (str(checkpoint), False, 'mean')]
+  for i, (init_checkpoint, from_scratch, pooling) in enumerate(runs):
     config = _small('rte')
-    config.init_checkpoint = str(tmp_path / 'clm' / 'checkpoints' / '2')
-    config.data.source, config.from_scratch = f'glue_dir:{glue}', from_scratch
-    results = train.run(config, str(tmp_path / f'run{from_scratch}'))
-    assert results['init_checkpoint'] == (None if from_scratch else config.init_checkpoint)
+    config.init_checkpoint, config.from_scratch, config.pooling = init_checkpoint, from_scratch, pooling
+    config.data.source = f'glue_dir:{glue}'
+    if pooling == 'mean':  # the checkpoint was written on a (data=8) mesh: restore it sharded 2 x 2 x 2
+      config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 2
+    results = train.run(config, str(tmp_path / f'run{i}'))
+    assert results['init_checkpoint'] == (None if from_scratch else str(tmp_path / 'clm' / 'checkpoints' / '2')
+                                          if i < 2 else str(checkpoint / 'checkpoints' / '4'))
     assert 0 <= results['dev']['accuracy'] <= 1
 
 
@@ -167,6 +172,7 @@ def _edited_checkpoint(checkpoint, tmp_path, **model_fields):
     (lambda c, ck, g, t: setattr(c.data, 'source', 'hub:glue'), "data.source: expected 'glue_dir:PATH'"),
     (lambda c, ck, g, t: setattr(c.data, 'max_length', 512), r"data\.max_length: 512 exceeds the checkpoint's"),
     (lambda c, ck, g, t: setattr(c.train, 'epochs', 0), r'train\.epochs: must be positive'),
+    (lambda c, ck, g, t: setattr(c, 'pooling', 'max'), r"pooling: 'max' is not one of \('auto', 'mean'\)"),
     (lambda c, ck, g, t: setattr(c.train, 'schedule', 'step'), r"train\.schedule: 'step' is not one of"),
     (lambda c, ck, g, t: setattr(c.train, 'batch_size', 12), r'train\.batch_size: 12 is not divisible by the '
      r'data-parallel size 8'),
@@ -194,7 +200,8 @@ def test_tfds_without_tensorflow_fails_fast_with_one_line(checkpoint, tmp_path):
     pytest.skip('TensorFlow is installed here')
   started = time.perf_counter()
   result = _cli('finetune', '--config', 'configs/finetune_glue.py:task=rte', '--workdir', str(tmp_path),
-                f'--config.init_checkpoint={checkpoint}', '--config.data.source=tfds:glue/rte')
+                f'--config.init_checkpoint={checkpoint}', '--config.data.source=tfds:glue/rte',
+                '--config.data.max_length=32')
   assert result.returncode == 2 and 'Traceback' not in result.stderr
   assert "error: data.source: 'tfds:glue/...' needs TensorFlow: pip install 'flax-pretrain[tf]'" in result.stderr
   assert time.perf_counter() - started < 60
@@ -207,6 +214,7 @@ def test_tfds_without_tensorflow_fails_fast_with_one_line(checkpoint, tmp_path):
     (['--set', 'train.epochs=two'], "error: --set train.epochs=two: 'two' is not a int"),
     (['--set', 'rte:train.epochs=2', '--tasks', 'sst2'], "error: --set rte:train.epochs=2: task 'rte' is not in"),
     (['--seeds', '0'], 'error: --seeds: must be at least 1'),
+    (['--set', 'seed=3'], 'error: --set seed=3: seed is set by --seed/--seeds'),
 ])
 def test_glue_script_bad_input_exits_2_before_training(checkpoint, glue, tmp_path, args, line):
   result = _cli('finetune.glue', '--checkpoint', str(checkpoint), '--data', f'glue_dir:{glue}',
