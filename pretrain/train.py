@@ -132,8 +132,9 @@ def run(config, workdir: str) -> dict:
                 for b in data.eval_batches(config.train.eval_batches)]
 
     def evaluate() -> dict:
-      sums = [trainer.eval_step(state['params'], state['rng'], b, i) for i, b in enumerate(eval_set)]
-      totals = jax.device_get(jax.tree.map(lambda *xs: sum(xs), *sums)) if sums else {}
+      # Fetched batch by batch (summed on the host): one eval program in flight at a time.
+      sums = [jax.device_get(trainer.eval_step(state['params'], state['rng'], b, i)) for i, b in enumerate(eval_set)]
+      totals = {k: sum(float(s[k]) for s in sums) for k in sums[0]} if sums else {}
       return eval_metrics(float(totals.get('loss_sum', 0.0)), float(totals.get('correct_sum', 0.0)),
                           float(totals.get('weight_sum', 0.0)), config.objective)
 
