@@ -73,7 +73,10 @@ def optimizer_settings(train_cfg, total_steps: int) -> types.SimpleNamespace:
 
 def load_pretrained(config) -> Pretrained:
   """The checkpoint's architecture and tokenizer, checked against this config (reads no arrays)."""
-  directory, step = checkpoint_lib.resolve(config.init_checkpoint)
+  try:
+    directory, step = checkpoint_lib.resolve(config.init_checkpoint)
+  except ConfigError as e:
+    raise ConfigError(f"init_checkpoint: {str(e).removeprefix('checkpoint: ')}") from None
   step_dir = directory / str(step)
   try:
     meta = checkpoint_lib.read_meta(step_dir)

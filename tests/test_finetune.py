@@ -166,8 +166,8 @@ def _edited_checkpoint(checkpoint, tmp_path, **model_fields):
 @pytest.mark.parametrize('setup,match', [
     (lambda c, ck, g, t: setattr(c, 'task', 'ax'), "task: 'ax' has no training data; fine-tune 'mnli'"),
     (lambda c, ck, g, t: setattr(c, 'init_checkpoint', ''), 'init_checkpoint: required'),
-    (lambda c, ck, g, t: setattr(c, 'init_checkpoint', str(t)), 'checkpoint: no checkpoint steps under'),
-    (lambda c, ck, g, t: setattr(c, 'init_checkpoint', str(t / 'nope')), 'checkpoint: .*nope does not exist'),
+    (lambda c, ck, g, t: setattr(c, 'init_checkpoint', str(t)), 'init_checkpoint: no checkpoint steps under'),
+    (lambda c, ck, g, t: setattr(c, 'init_checkpoint', str(t / 'nope')), 'init_checkpoint: .*nope does not exist'),
     (lambda c, ck, g, t: setattr(c.data, 'source', f'glue_dir:{t}'), r'data\.source: .*SST-2/train\.tsv is missing'),
     (lambda c, ck, g, t: setattr(c.data, 'source', 'hub:glue'), "data.source: expected 'glue_dir:PATH'"),
     (lambda c, ck, g, t: setattr(c.data, 'max_length', 512), r"data\.max_length: 512 exceeds the checkpoint's"),
