@@ -6,13 +6,13 @@
                               MNLI-m.tsv, AX.tsv, ...), labels as the task's files spell them
 """
 import json
-import os
 import pathlib
 
 import numpy as np
 
 from finetune.data import TaskData
 from finetune.tasks import Task
+from pretrain.core.files import write_atomic
 
 
 def to_predictions(outputs: np.ndarray, task: Task) -> np.ndarray:
@@ -26,15 +26,9 @@ def label_text(predictions: np.ndarray, task: Task) -> list[str]:
   return [task.labels[int(p)] for p in predictions]
 
 
-def _write_atomic(path: pathlib.Path, text: str) -> None:
-  tmp = path.with_name(path.name + '.tmp')
-  tmp.write_text(text)
-  os.replace(tmp, path)
-
-
 def write_tsv(path: pathlib.Path, header: list[str], columns: list[list[str]]) -> None:
   lines = ['\t'.join(header)] + ['\t'.join(row) for row in zip(*columns)]
-  _write_atomic(path, '\n'.join(lines) + '\n')
+  write_atomic(path, '\n'.join(lines) + '\n')
 
 
 def write(workdir: pathlib.Path, results: dict, task: Task, task_data: TaskData, dev_predictions: dict,
@@ -48,7 +42,7 @@ def write(workdir: pathlib.Path, results: dict, task: Task, task_data: TaskData,
   for name, predictions in test_predictions.items():
     write_tsv(directory / f'{name}.tsv', ['index', 'prediction'],
               [task_data.test[name].indices, label_text(predictions, task_data.test_tasks[name])])
-  _write_atomic(workdir / 'results.json', json.dumps(results, indent=2) + '\n')
+  write_atomic(workdir / 'results.json', json.dumps(results, indent=2) + '\n')
 
 
 def summary(results: dict, task: Task) -> str:

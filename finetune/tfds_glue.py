@@ -11,7 +11,7 @@ import numpy as np
 
 from finetune.data import Examples, TaskData
 from finetune.tasks import TASKS, Task
-from pretrain.core.errors import ConfigError, require
+from pretrain.core.errors import ConfigError, first_line, require
 
 # Our result keys and submission names -> tfds split names.
 SPLITS = {'train': 'train', 'dev': 'validation', 'dev_matched': 'validation_matched',
@@ -19,10 +19,6 @@ SPLITS = {'train': 'train', 'dev': 'validation', 'dev_matched': 'validation_matc
 PROBE_TIMEOUT_S = 5.0
 FALLBACK_URL = 'https://dl.fbaipublicfiles.com/glue/'  # where GLUE lives (MRPC names no single url)
 FIELD = 'data.source'
-
-
-def _first_line(e: BaseException) -> str:
-  return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def _import_tfds():
@@ -42,7 +38,7 @@ def _reachable(url: str) -> str | None:
     socket.create_connection((parsed.hostname, parsed.port or 443), timeout=PROBE_TIMEOUT_S).close()
     return None
   except OSError as e:
-    return f'{parsed.hostname}: {_first_line(e)}'
+    return f'{parsed.hostname}: {first_line(e)}'
 
 
 def _builder(tfds, task: Task):
@@ -56,7 +52,7 @@ def _builder(tfds, task: Task):
     try:
       builder.download_and_prepare()
     except Exception as e:  # pylint: disable=broad-except
-      raise ConfigError(f"{FIELD}: preparing 'tfds:{name}' failed ({_first_line(e)})") from None
+      raise ConfigError(f"{FIELD}: preparing 'tfds:{name}' failed ({first_line(e)})") from None
   return builder
 
 

@@ -25,7 +25,8 @@ import sys
 import sysconfig
 from collections.abc import Iterable, Iterator
 
-from pretrain.core.errors import ConfigError
+from pretrain.core.errors import ConfigError, first_line
+from pretrain.core.files import write_atomic
 
 SCHEMES = ('builtin', 'text', 'jsonl', 'tfds')
 BUILTIN_CORPORA = ('stdlib-docs',)
@@ -165,14 +166,14 @@ def _tfds_texts(name: str, field: str, stats: SourceStats) -> Iterator[tuple[str
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except Exception as e:  # pylint: disable=broad-except  # DatasetNotFoundError, bad config names, ...
-    raise ConfigError(f"{field}: unknown TFDS dataset 'tfds:{name}' ({_first_line(e)})") from None
+    raise ConfigError(f"{field}: unknown TFDS dataset 'tfds:{name}' ({first_line(e)})") from None
   if not builder.is_prepared():
     raise ConfigError(f"{field}: TFDS dataset 'tfds:{name}' is not prepared in {builder.data_dir} "
                       '(prepare it with file_format=array_record; nothing is downloaded here)')
   try:
     data = tfds.data_source(name, split='train', data_dir=data_dir, download=False)
   except Exception as e:  # pylint: disable=broad-except
-    raise ConfigError(f"{field}: cannot read 'tfds:{name}' split train ({_first_line(e)})") from None
+    raise ConfigError(f"{field}: cannot read 'tfds:{name}' split train ({first_line(e)})") from None
 
   def texts() -> Iterator[tuple[str, bool]]:
     stats.files += 1
@@ -188,10 +189,6 @@ def _tfds_texts(name: str, field: str, stats: SourceStats) -> Iterator[tuple[str
   return texts()
 
 
-def _first_line(e: BaseException) -> str:
-  return (str(e).strip().splitlines() or [type(e).__name__])[0]
-
-
 # builtin:stdlib-docs
 
 
@@ -204,11 +201,7 @@ def stdlib_docs() -> list[str]:
       return [json.loads(line)['text'] for line in f]
   docs = _extract_stdlib_docs()
   try:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'{path.name}.tmp.{os.getpid()}')
-    with open(tmp, 'w', encoding='utf-8') as f:
-      f.writelines(json.dumps({'text': d}) + '\n' for d in docs)
-    os.replace(tmp, path)
+    write_atomic(path, ''.join(json.dumps({'text': d}) + '\n' for d in docs))
   except OSError as e:
     logging.warning('cannot cache the stdlib-docs corpus in %s: %s', path.parent, e)
   return docs

@@ -9,3 +9,8 @@ def require(condition: bool, message: str) -> None:
   """Raises ConfigError(message) unless condition holds."""
   if not condition:
     raise ConfigError(message)
+
+
+def first_line(e: BaseException) -> str:
+  """The first line of an exception's message (its type name when it has none)."""
+  return (str(e).strip().splitlines() or [type(e).__name__])[0]

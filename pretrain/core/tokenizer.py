@@ -19,7 +19,8 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import sentencepiece as spm
 
-from pretrain.core.errors import ConfigError
+from pretrain.core.errors import ConfigError, first_line
+from pretrain.core.files import write_atomic
 
 MASK_PIECE = '[MASK]'
 # Raise when the trainer settings change, so cached tokenizers keyed on it are retrained.
@@ -42,7 +43,7 @@ class Tokenizer:
     try:
       self._sp.LoadFromSerializedProto(self._proto)
     except (RuntimeError, OSError) as e:
-      raise ConfigError(f'{name}: not a SentencePiece model ({_first_line(e)})') from None
+      raise ConfigError(f'{name}: not a SentencePiece model ({first_line(e)})') from None
     if self._sp.bos_id() < 0 or self._sp.eos_id() < 0:
       raise ConfigError(f'{name}: SentencePiece model has no BOS <s> / EOS </s> piece (needed as cls/sep)')
     self.vocab_size: int = self._sp.get_piece_size()
@@ -73,12 +74,7 @@ class Tokenizer:
 
   def save(self, path: str | os.PathLike) -> None:
     """Writes the .model file atomically (a temporary file renamed into place)."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f'{path}.tmp.{os.getpid()}'
-    with open(tmp, 'wb') as f:
-      f.write(self._proto)
-    os.replace(tmp, path)
+    write_atomic(path, self._proto)
 
   def encode(self, text: str) -> list[int]:
     """Token ids of `text`; no BOS/EOS added."""
@@ -159,14 +155,10 @@ def _sample_lines(texts: Iterable[str], k: int, seed: int) -> list[str]:
 
 
 def _explain_trainer_error(e: RuntimeError, vocab_size: int, field: str) -> str:
-  msg = _first_line(e)
+  msg = first_line(e)
   if 'too high' in msg:
     limit = msg.rsplit('<=', 1)[-1].strip(' .')
     return f'{field}: {vocab_size} is too large for this corpus (at most {limit}); use a smaller vocab or more text'
   if 'smaller than required' in msg:
     return f'{field}: {vocab_size} is too small (256 byte pieces + specials + the corpus characters need more)'
   return f'{field}: SentencePiece training failed with vocab_size {vocab_size}: {msg}'
-
-
-def _first_line(e: BaseException) -> str:
-  return (str(e).strip().splitlines() or [type(e).__name__])[0]
