@@ -95,4 +95,8 @@ def load_pretrained(config) -> Pretrained:
   require(config.data.max_length <= model_cfg.max_position_embeddings,
           f'data.max_length: {config.data.max_length} exceeds the checkpoint\'s model.max_position_embeddings '
           f'{model_cfg.max_position_embeddings}')
+  pairs = len(TASKS[config.task].text_columns) == 2
+  require(not pairs or model_cfg.variant != 'bert' or model_cfg.type_vocab_size >= 2,
+          f'init_checkpoint: {config.task} pairs need 2 token types; the checkpoint\'s model.type_vocab_size is '
+          f'{model_cfg.type_vocab_size} in {step_dir}')
   return Pretrained(model_cfg, tokenizer, str(step_dir))

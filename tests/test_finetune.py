@@ -178,6 +178,9 @@ def _edited_checkpoint(checkpoint, tmp_path, **model_fields):
      r'data-parallel size 8'),
     (lambda c, ck, g, t: setattr(c, 'init_checkpoint', str(_edited_checkpoint(ck, t, vocab_size=300))),
      r'init_checkpoint: its tokenizer has 512 pieces but model\.vocab_size is 300'),
+    (lambda c, ck, g, t: (setattr(c, 'task', 'rte'),
+                          setattr(c, 'init_checkpoint', str(_edited_checkpoint(ck, t, type_vocab_size=1)))),
+     r"init_checkpoint: rte pairs need 2 token types; the checkpoint's model\.type_vocab_size is 1"),
 ])
 def test_bad_config_is_rejected_naming_the_field(monkeypatch, checkpoint, glue, tmp_path, setup, match):
   config = _small()
