@@ -1,9 +1,13 @@
 """Command-line conventions shared by the entry points: bad flags and configs give one line and exit code 2."""
+import importlib
 import re
 import sys
 from typing import NoReturn
 
-from absl import flags
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from pretrain.core.errors import ConfigError
 
 
 def fail(message: str) -> NoReturn:
@@ -33,3 +37,29 @@ def parse_flags(argv: list[str]) -> list[str]:
     text = ' '.join(str(e).replace('\\n', ' ').split()).strip('\'"')
     text = re.sub(r"^'([^']+)' ", r'no config field \1: ', text.replace("\\'", "'"))
     fail(f'--config: {text}')
+
+
+def run_config_cli(config_example: str, workdir_help: str, run_function: str) -> None:
+  """`python -m X --config FILE[:ARG] --workdir DIR [--config.a.b=v ...]`: calls run_function(config, workdir).
+
+  run_function ('module:name') is imported after the flags are parsed, so --help and flag errors stay fast.
+  """
+  config = config_flags.DEFINE_config_file('config', None, f'Config file, e.g. {config_example}.',
+                                           lock_config=True)
+  workdir = flags.DEFINE_string('workdir', None, workdir_help)
+  flags.mark_flags_as_required(['config', 'workdir'])
+
+  def main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    module, name = run_function.split(':')
+    run = getattr(importlib.import_module(module), name)
+    from pretrain.metrics_log import quiet_library_logs  # pylint: disable=g-import-not-at-top
+    quiet_library_logs()
+    try:
+      run(config.value, workdir.value)
+    except ConfigError as e:
+      logging.flush()
+      fail(str(e))
+
+  app.run(main, flags_parser=parse_flags)
