@@ -118,7 +118,8 @@ def run(config, workdir: str) -> dict:
   batch_size = config.train.batch_size
   steps_per_epoch = -(-num_train // batch_size)
   total_steps = config.train.epochs * steps_per_epoch
-  optimizer = optim.make_optimizer(checks.optimizer_settings(config.train, total_steps))
+  optimizer_settings = checks.optimizer_settings(config.train, total_steps)
+  optimizer, schedule = optim.make_optimizer(optimizer_settings), optim.learning_rate_schedule(optimizer_settings)
   is_main = jax.process_index() == 0
 
   with sharding.use_mesh_and_rules(mesh, rules):
@@ -156,7 +157,7 @@ def run(config, workdir: str) -> dict:
         losses.append(metrics['loss'])
         if step % config.train.log_every == 0 or i == steps_per_epoch - 1:
           scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
-          log.train(step, {**scalars, 'learning_rate': float(optimizer_lr(config, total_steps, step))},
+          log.train(step, {**scalars, 'learning_rate': float(schedule(step - 1))},
                     batch_size * length)
       scores, predictions = evaluate(state['params'])
       train_loss = float(np.mean(jax.device_get(losses)))
@@ -191,7 +192,3 @@ def majority_baseline(task: Task, task_data: data_lib.TaskData) -> dict | None:
   majority = np.bincount(task_data.train.labels, minlength=task.num_labels).argmax()
   return {key: metrics_lib.compute(task.metrics, np.full(len(dev.labels), majority), dev.labels)
           for key, dev in task_data.dev.items()}
-
-
-def optimizer_lr(config, total_steps: int, step: int) -> float:
-  return optim.learning_rate_schedule(checks.optimizer_settings(config.train, total_steps))(step - 1)
