@@ -64,6 +64,9 @@ def base_config(size: str, objective: str) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.objective = objective
   c.seed = 0
+  # A checkpoint to start from (e.g. imported by tools.convert_checkpoint from-hf): its parameters, architecture
+  # and tokenizer replace the model.* shape fields and data.tokenizer; optimizer and data start fresh.
+  c.init_checkpoint = ''
 
   c.model = ml_collections.ConfigDict(dict(
       variant='bert' if is_bert else 'gpt2',

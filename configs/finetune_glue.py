@@ -26,6 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = 0
   c.init_checkpoint = ''  # pretraining workdir, its checkpoints/ dir, or one step dir (required)
   c.from_scratch = False  # True: the checkpoint's architecture and tokenizer, freshly initialised weights
+  c.save_checkpoint = True  # the best epoch's parameters -> WORKDIR/checkpoints/STEP (exportable to HF)
   c.pooling = 'auto'  # auto: bert's pooler over [CLS], gpt2's last token | mean: mean over the real tokens
 
   c.data = ml_collections.ConfigDict(dict(

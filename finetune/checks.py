@@ -88,7 +88,7 @@ def load_pretrained(config) -> Pretrained:
   saved = dict(meta['config']['model'])
   saved.update({k: config.model[k] for k in RUNTIME_MODEL_FIELDS})
   model_cfg = ModelConfig.from_config(saved)
-  tokenizer = Tokenizer.from_bytes(checkpoint_lib.tokenizer_bytes(meta))
+  tokenizer = checkpoint_lib.load_tokenizer(meta)
   require(tokenizer.vocab_size <= model_cfg.vocab_size,
           f'init_checkpoint: its tokenizer has {tokenizer.vocab_size} pieces but model.vocab_size is '
           f'{model_cfg.vocab_size} in {step_dir}')

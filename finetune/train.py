@@ -1,9 +1,11 @@
 """run(config, workdir): checks -> data -> model (encoder restored params-only) -> epochs -> results.
 
 Trains for train.epochs, evaluates every dev split after each epoch, keeps the parameters of the best epoch
-(by the task's headline metric on its first dev split) and writes results.json and predictions from them.
+(by the task's headline metric on its first dev split) and writes results.json and predictions from them,
+and those parameters as a checkpoint (WORKDIR/checkpoints/STEP: exportable, or an init_checkpoint).
 """
 import dataclasses
+import json
 import pathlib
 import time
 from typing import Callable
@@ -165,7 +167,7 @@ def run(config, workdir: str) -> dict:
       log.eval(step, {f'{split}_{name}': v for split, s in scores.items() for name, v in s.items()})
       log.reset_clock(step)
       if best is None or scores[headline_split][headline] > best:
-        best, best_epoch = scores[headline_split][headline], epoch
+        best, best_epoch, best_step = scores[headline_split][headline], epoch, step
         best_params = jax.tree.map(lambda x: x.copy(), state['params'])
         best_predictions = predictions
     train_seconds = time.perf_counter() - start
@@ -173,16 +175,30 @@ def run(config, workdir: str) -> dict:
                                                      task_data.test_tasks[name])
                         for name in task_data.test}
     log.close()
+    checkpoint_dir = checkpoint_lib.save_params(workdir_path, best_step, best_params,
+                                                classifier_meta(config, pretrained, task)) \
+        if config.save_checkpoint else None
 
   results = {'task': task.name, **{k: history[best_epoch - 1][k] for k in task.dev_files},
              'best_epoch': best_epoch, 'epochs': history, 'majority_baseline': majority_baseline(task, task_data),
              'seed': config.seed,
              'init_checkpoint': None if config.from_scratch else pretrained.checkpoint,
-             'num_train_examples': num_train, 'padded_length': length, 'train_seconds': round(train_seconds, 1)}
+             'checkpoint': checkpoint_dir and str(checkpoint_dir), 'num_train_examples': num_train,
+             'padded_length': length, 'train_seconds': round(train_seconds, 1)}
   if is_main:
     outputs.write(workdir_path, results, task, task_data, best_predictions, test_predictions)
   logging.info('%s: best epoch %d, %s', task.name, best_epoch, outputs.summary(results, task))
   return results
+
+
+def classifier_meta(config, pretrained: checks.Pretrained, task: Task) -> dict:
+  """The meta item of the fine-tuned checkpoint: the run's config with the full architecture, the tokenizer,
+  and what the head predicts (tools.checkpoint_model reads it; tools.convert_checkpoint exports it)."""
+  config_dict = json.loads(config.to_json_best_effort())
+  config_dict['model'] = dataclasses.asdict(pretrained.model_cfg)
+  return checkpoint_lib.make_meta(config_dict, pretrained.tokenizer, classifier={
+      'task': task.name, 'num_labels': task.num_labels, 'labels': list(task.labels or []),
+      'is_regression': task.is_regression, 'pooling': config.pooling})
 
 
 def majority_baseline(task: Task, task_data: data_lib.TaskData) -> dict | None:

@@ -2,6 +2,7 @@
 
 Rerunning on the same workdir resumes from the newest checkpoint and continues exactly.
 """
+import copy
 import dataclasses
 import pathlib
 import time
@@ -19,7 +20,7 @@ from pretrain import objectives
 from pretrain.config_checks import check_resumable, validate
 from pretrain.core import checkpoint as checkpoint_lib
 from pretrain.core import optim, sharding
-from pretrain.core.errors import require
+from pretrain.core.errors import ConfigError, require
 from pretrain.core.model_config import ModelConfig
 from pretrain.core.tokenizer import Tokenizer
 from pretrain.heads import LanguageModel
@@ -77,8 +78,35 @@ def make_trainer(config, model_cfg: ModelConfig, mesh, tokenizer: Tokenizer) -> 
       eval_step=jax.jit(step_fns.eval))
 
 
+# What an init_checkpoint fixes: the parameter shapes and the numerics of the architecture.
+ARCHITECTURE_FIELDS = ('variant', 'vocab_size', 'hidden_size', 'num_layers', 'num_heads', 'mlp_dim',
+                       'max_position_embeddings', 'type_vocab_size', 'layer_norm_eps')
+
+
+def _with_init_checkpoint(config):
+  """config.init_checkpoint set: a copy of config with the checkpoint's architecture, and its tokenizer."""
+  if not config.init_checkpoint:
+    return config, None
+  try:
+    meta = checkpoint_lib.read_meta(config.init_checkpoint)
+  except ConfigError as e:
+    raise ConfigError(f"init_checkpoint: {str(e).removeprefix('checkpoint: ')}") from None
+  saved = meta.get('config', {}).get('model')
+  require(saved is not None and 'tokenizer' in meta,
+          f'init_checkpoint: {config.init_checkpoint} holds no model config and tokenizer')
+  config = copy.deepcopy(config)
+  for field in ARCHITECTURE_FIELDS:
+    config.model[field] = saved[field]
+  return config, checkpoint_lib.load_tokenizer(meta)
+
+
 def run(config, workdir: str) -> dict:
-  """Pretrains (or resumes) per `config` in `workdir`; returns the last train and eval metrics."""
+  """Pretrains (or resumes) per `config` in `workdir`; returns the last train and eval metrics.
+
+  config.init_checkpoint (any checkpoint: an import from Hugging Face, another run) starts a new run from its
+  parameters, with its architecture and tokenizer; the optimizer and the data start fresh.
+  """
+  config, init_tokenizer = _with_init_checkpoint(config)
   model_cfg = validate(config)
   workdir = str(pathlib.Path(workdir).absolute())
   pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
@@ -92,17 +120,17 @@ def run(config, workdir: str) -> dict:
 
   checkpointer = checkpoint_lib.Checkpointer(workdir, keep=config.train.keep_checkpoints)
   latest = checkpointer.latest_step()
-  tokenizer = None
+  tokenizer = init_tokenizer
   if latest is not None:  # the tokenizer travels with the checkpoint
     saved_meta = checkpointer.restore_meta(latest)
     check_resumable(config, saved_meta['config'], checkpointer.directory / str(latest))
-    tokenizer = Tokenizer.from_bytes(checkpoint_lib.tokenizer_bytes(saved_meta))
+    tokenizer = checkpoint_lib.load_tokenizer(saved_meta)
   data = data_lib.build_data(config, process_index=jax.process_index(), process_count=jax.process_count(),
                              tokenizer=tokenizer)
   tokenizer = data.tokenizer
   meta = checkpoint_lib.make_meta(config, tokenizer)
   if is_main:
-    tokenizer.save(pathlib.Path(workdir) / 'tokenizer.model')
+    tokenizer.save(pathlib.Path(workdir) / tokenizer.file_name)
     (pathlib.Path(workdir) / 'config.json').write_text(config.to_json_best_effort(indent=2))
   schedule = optim.learning_rate_schedule(config.train)
   steps = config.train.steps
@@ -117,6 +145,9 @@ def run(config, workdir: str) -> dict:
       logging.info('resumed from %s at step %d', checkpointer.directory / str(latest), latest)
     else:
       state = trainer.init()
+      if config.init_checkpoint:
+        state['params'] = checkpoint_lib.restore_params(config.init_checkpoint, trainer.abstract_state['params'])
+        logging.info('initialised the parameters from %s', config.init_checkpoint)
     num_params = sum(x.size for x in jax.tree.leaves(state['params']))
     logging.info('model: %s, %s parameters; mesh %s; global batch %d x %d tokens', model_cfg.variant,
                  f'{num_params:,}', dict(mesh.shape), config.train.batch_size, config.data.seq_len)

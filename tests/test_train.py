@@ -81,7 +81,7 @@ def test_pretraining_learns_and_leaves_a_checkpoint_that_restores(tmp_path, obje
   # The checkpoint holds the config and the tokenizer, and its params reproduce the final eval loss.
   meta = checkpoint_lib.read_meta(tmp_path)
   assert meta['config']['objective'] == objective
-  assert checkpoint_lib.tokenizer_bytes(meta) == (tmp_path / 'tokenizer.model').read_bytes()
+  assert checkpoint_lib.load_tokenizer(meta).to_bytes() == (tmp_path / 'tokenizer.model').read_bytes()
   graphdef, params = _restored_params(tmp_path, config)
   model = nnx.merge(graphdef, params)
   tokens = np.asarray(Tokenizer.from_file(tmp_path / 'tokenizer.model').encode('Return the number of items.'))

@@ -9,12 +9,12 @@ train split only, this trains on every document of the source. Exit status 2 on 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from collections.abc import Sequence
 
 from pretrain import sources
+from pretrain.core.cli import tool_main
 from pretrain.core.errors import ConfigError
 from pretrain.core.tokenizer import train_sentencepiece
 
@@ -43,14 +43,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  logging.basicConfig(level=logging.WARNING)
-  args = parse_args(argv)
-  try:
-    run(args)
-  except ConfigError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  return 0
+  return tool_main(parse_args, run, argv)
 
 
 if __name__ == '__main__':

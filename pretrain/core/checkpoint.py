@@ -8,6 +8,7 @@
 """
 import base64
 import json
+import logging
 import os
 import pathlib
 from typing import Any
@@ -15,9 +16,22 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from pretrain.core import hf_tokenizer
 from pretrain.core.errors import ConfigError
+from pretrain.core.tokenizer import Tokenizer
 
 FORMAT_VERSION = 1
+
+
+class _NoItemMetadataWarning(logging.Filter):
+  """Orbax warns that an item dir has no _CHECKPOINT_METADATA (it lives one level up) whenever we read the
+  stored shapes of a step's state item: expected, so dropped."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return 'Metadata file does not exist' not in record.getMessage()
+
+
+logging.getLogger('absl').addFilter(_NoItemMetadataWarning())
 
 
 class Checkpointer:
@@ -54,13 +68,20 @@ class Checkpointer:
     self.manager.close()
 
 
-def make_meta(config, tokenizer) -> dict:
-  return {'format_version': FORMAT_VERSION, 'config': json.loads(config.to_json()),
-          'tokenizer': {'kind': 'sentencepiece', 'model_b64': base64.b64encode(tokenizer.to_bytes()).decode()}}
+def make_meta(config, tokenizer, **extra) -> dict:
+  """config: a ConfigDict or a plain dict. extra: more top-level entries (e.g. a classifier's labels)."""
+  config_dict = config if isinstance(config, dict) else json.loads(config.to_json())
+  return {'format_version': FORMAT_VERSION, 'config': config_dict, 'tokenizer': tokenizer.to_meta(), **extra}
 
 
-def tokenizer_bytes(meta: dict) -> bytes:
-  return base64.b64decode(meta['tokenizer']['model_b64'])
+def load_tokenizer(meta: dict):
+  """The tokenizer a checkpoint's meta holds: SentencePiece, or a Hugging Face one (the `hf` extra)."""
+  kind = meta['tokenizer'].get('kind')
+  if kind == 'sentencepiece':
+    return Tokenizer.from_bytes(base64.b64decode(meta['tokenizer']['model_b64']))
+  if kind == hf_tokenizer.KIND:
+    return hf_tokenizer.HfTokenizer.from_meta(meta['tokenizer'])
+  raise ConfigError(f'checkpoint: unknown tokenizer kind {kind!r} in its meta item')
 
 
 def resolve(path: str | os.PathLike) -> tuple[pathlib.Path, int]:
@@ -121,3 +142,16 @@ def restore_params(path: str | os.PathLike, abstract_params: Any) -> Any:
   restored = ocp.PyTreeCheckpointer().restore(step_dir / 'state', args=ocp.args.PyTreeRestore(
       item={'params': abstract_params}, restore_args={'params': restore_args}, partial_restore=True))
   return restored['params']
+
+
+def save_params(workdir: str | os.PathLike, step: int, params: Any, meta: dict) -> pathlib.Path:
+  """A params-only checkpoint (finetune results, imports) under WORKDIR/checkpoints/STEP; replaces that step.
+
+  All processes call it. Orbax writes the step to a temporary directory and renames it when complete.
+  """
+  checkpointer = Checkpointer(workdir, keep=1, async_save=False)
+  if step in checkpointer.manager.all_steps():
+    checkpointer.manager.delete(step)
+  checkpointer.save(step, {'params': params}, {}, meta)
+  checkpointer.close()
+  return checkpointer.directory / str(step)

@@ -1,8 +1,10 @@
 """Command-line conventions shared by the entry points: bad flags and configs give one line and exit code 2."""
 import importlib
+import logging as pylogging
 import re
 import sys
-from typing import NoReturn
+from collections.abc import Sequence
+from typing import Any, Callable, NoReturn
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -63,3 +65,16 @@ def run_config_cli(config_example: str, workdir_help: str, run_function: str) ->
       fail(str(e))
 
   app.run(main, flags_parser=parse_flags)
+
+
+def tool_main(parse_args: Callable[[Sequence[str] | None], Any], run: Callable[[Any], Any],
+              argv: Sequence[str] | None = None) -> int:
+  """The main() of an argparse tool: bad flags exit 2 (argparse), a ConfigError is one line `error: ...`, 2."""
+  pylogging.basicConfig(level=pylogging.WARNING, format='%(levelname)s %(message)s')
+  args = parse_args(argv)
+  try:
+    run(args)
+  except ConfigError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  return 0

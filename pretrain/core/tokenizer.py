@@ -12,6 +12,7 @@ pad falls back to unk; a missing BOS or EOS raises ConfigError naming the file, 
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import random
@@ -34,6 +35,7 @@ _TRAIN_THREADS = 8
 
 class Tokenizer:
   """A SentencePiece model with the special ids the pretraining objectives need."""
+  file_name = 'tokenizer.model'
 
   def __init__(self, model_proto: bytes, *, name: str = 'tokenizer'):
     """`name` (a file path, or 'tokenizer') is what errors about this model point at."""
@@ -71,6 +73,10 @@ class Tokenizer:
   def to_bytes(self) -> bytes:
     """The serialised model proto (what `from_bytes` reads back; travels inside checkpoints)."""
     return self._proto
+
+  def to_meta(self) -> dict:
+    """What a checkpoint's meta item holds (see pretrain.core.checkpoint.load_tokenizer)."""
+    return {'kind': 'sentencepiece', 'model_b64': base64.b64encode(self._proto).decode()}
 
   def save(self, path: str | os.PathLike) -> None:
     """Writes the .model file atomically (a temporary file renamed into place)."""

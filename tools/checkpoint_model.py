@@ -1,0 +1,76 @@
+"""Any checkpoint of this project -> its model, tokenizer and parameters on one device, for the tools.
+
+Pretraining checkpoints and imported ones hold a LanguageModel ({'encoder', 'mlm_head'}); fine-tuned ones
+a Classifier ({'encoder', 'head'}), described by the meta item's 'classifier' entry.
+"""
+import dataclasses
+from typing import Any
+
+import jax
+from flax import nnx
+
+from pretrain.core import checkpoint as checkpoint_lib
+from pretrain.core.errors import ConfigError
+from pretrain.core.model_config import ModelConfig
+from pretrain.heads import LanguageModel
+
+
+@dataclasses.dataclass
+class LoadedCheckpoint:
+  model_cfg: ModelConfig
+  tokenizer: Any
+  params: dict  # the pure-dict param tree, on one device
+  meta: dict
+  step_dir: str
+  classifier: dict | None  # {'task', 'num_labels', 'labels', 'pooling', 'is_regression'}; None for LMs
+
+  def build(self, params: dict | None = None) -> nnx.Module:
+    """The model with `params` (default: the checkpoint's), ready to call (no dropout key: deterministic)."""
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: model_builder(self.model_cfg, self.classifier)(0)))
+    return nnx.merge(graphdef, self.params if params is None else params)
+
+
+def model_builder(model_cfg: ModelConfig, classifier: dict | None):
+  """seed -> a fresh model of the checkpoint's kind."""
+  if classifier is None:
+    return lambda seed: LanguageModel(model_cfg, nnx.Rngs(seed))
+  from finetune.model import Classifier  # pylint: disable=import-outside-toplevel
+  return lambda seed: Classifier(model_cfg, classifier['num_labels'], nnx.Rngs(seed), classifier['pooling'])
+
+
+def load(checkpoint: str, field: str = '--checkpoint') -> LoadedCheckpoint:
+  """Reads a workdir, its checkpoints/ dir or a step dir; errors name `field`."""
+  try:
+    directory, step = checkpoint_lib.resolve(checkpoint)
+    step_dir = directory / str(step)
+    meta = checkpoint_lib.read_meta(step_dir)
+  except ConfigError as e:
+    raise ConfigError(f"{field}: {str(e).removeprefix('checkpoint: ')}") from None
+  except Exception as e:  # pylint: disable=broad-except  # a torn or foreign checkpoint
+    raise ConfigError(f'{field}: {checkpoint} has no readable meta item ({type(e).__name__})') from None
+  if 'tokenizer' not in meta or 'model' not in meta.get('config', {}):
+    raise ConfigError(f'{field}: {step_dir} holds no config and tokenizer (not a checkpoint of this project)')
+  model_cfg = ModelConfig.from_config(meta['config']['model'])
+  classifier = meta.get('classifier')
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: model_builder(model_cfg, classifier)(0)), nnx.Param))
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
+  params = checkpoint_lib.restore_params(step_dir, abstract)
+  return LoadedCheckpoint(model_cfg, checkpoint_lib.load_tokenizer(meta), params, meta, str(step_dir), classifier)
+
+
+def flatten(params: dict) -> dict[str, Any]:
+  """{'encoder': {'token_embed': x}} -> {'encoder/token_embed': x}."""
+  return {'/'.join(str(getattr(k, 'key', k)) for k in path): leaf
+          for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+
+
+def unflatten(flat: dict[str, Any]) -> dict:
+  tree: dict = {}
+  for path, leaf in flat.items():
+    node = tree
+    *parents, last = path.split('/')
+    for key in parents:
+      node = node.setdefault(key, {})
+    node[last] = leaf
+  return tree

@@ -1,0 +1,54 @@
+"""Checkpoint conversion to and from Hugging Face Transformers (PyTorch classes; needs the `hf` extra).
+
+  python -m tools.convert_checkpoint to-hf --checkpoint runs/mlm --out hf/mlm
+  python -m tools.convert_checkpoint from-hf --hf path/to/bert --out ckpt/bert
+
+to-hf writes config.json, model.safetensors and tokenizer files: BertForMaskedLM (bert), GPT2LMHeadModel
+(gpt2) or, for a fine-tuned bert, BertForSequenceClassification. from-hf imports a BERT or GPT-2 directory
+(safetensors or pytorch_model.bin) as a checkpoint that finetune and pretrain take as init_checkpoint.
+Bad input is one line `error: ...` and exit status 2; an output directory appears only when complete.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from pretrain.core.cli import tool_main
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(prog='python -m tools.convert_checkpoint', description=__doc__.splitlines()[0])
+  commands = parser.add_subparsers(dest='command', required=True)
+  to_hf = commands.add_parser('to-hf', help='our checkpoint -> a Hugging Face model directory')
+  to_hf.add_argument('--checkpoint', required=True, help='a workdir, its checkpoints/ dir or a step dir')
+  to_hf.add_argument('--out', required=True, help='the HF directory to write (must not exist, or be empty)')
+  from_hf = commands.add_parser('from-hf', help='a Hugging Face BERT or GPT-2 directory -> our checkpoint')
+  from_hf.add_argument('--hf', required=True, help='directory with config.json, weights and tokenizer files')
+  from_hf.add_argument('--out', required=True, help='the checkpoint directory to write (must not exist, or be empty)')
+  from_hf.add_argument('--seed', type=int, default=0, help='seed of freshly initialised parts (e.g. an MLM head)')
+  return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict:
+  if args.command == 'to-hf':
+    from tools.hf.export import export  # pylint: disable=import-outside-toplevel
+    summary = export(args.checkpoint, args.out)
+    print(f"wrote {args.out}: {summary['architecture']}, {summary['tensors']} tensors, "
+          f"{summary['parameters']:,} parameters, from {summary['from']}")
+  else:
+    from tools.hf.importer import import_hf  # pylint: disable=import-outside-toplevel
+    summary = import_hf(args.hf, args.out, args.seed)
+    fresh = summary['freshly_initialised']
+    print(f"wrote {summary['checkpoint']}: {summary['variant']}, {summary['parameters']:,} parameters, "
+          f"tokenizer {summary['tokenizer']}" + (f"; freshly initialised (not in {args.hf}): {', '.join(fresh)}"
+                                                  if fresh else ''))
+  return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  return tool_main(parse_args, run, argv)
+
+
+if __name__ == '__main__':
+  sys.exit(main())
