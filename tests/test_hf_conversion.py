@@ -21,7 +21,7 @@ from tests.glue_fixtures import write_task
 from tests.helpers import tiny_config
 from tools import checkpoint_model, convert_checkpoint
 from tools.hf import export as export_lib
-from tools.hf import importer
+from tools.hf import importer, verify
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-4  # max |logit difference| in float32
@@ -53,9 +53,11 @@ def _hf_logits(model, ids, **kwargs):
 
 @pytest.mark.parametrize('objective', ['mlm', 'clm'])
 @pytest.mark.parametrize('steps', [0, 3])
-def test_export_matches_transformers_logits_and_tokenizer(ours, tmp_path, objective, steps):
+def test_export_matches_transformers_logits_and_tokenizer(ours, tmp_path, capsys, objective, steps):
   checkpoint = ours(objective, steps)
-  convert_checkpoint.main(['to-hf', '--checkpoint', str(checkpoint), '--out', str(tmp_path / 'hf')])
+  assert convert_checkpoint.main(['to-hf', '--checkpoint', str(checkpoint), '--out', str(tmp_path / 'hf'),
+                                  '--verify']) == 0
+  assert 'logits match transformers within' in capsys.readouterr().out
   auto = transformers.AutoModelForMaskedLM if objective == 'mlm' else transformers.AutoModelForCausalLM
   model = auto.from_pretrained(tmp_path / 'hf').eval()
   assert type(model) is HF_CLASSES[objective]
@@ -76,6 +78,17 @@ def test_export_matches_transformers_logits_and_tokenizer(ours, tmp_path, object
     a, b = tok.encode('a cat'), tok.encode('a dog')
     assert pair['input_ids'] == [tok.cls_id, *a, tok.sep_id, *b, tok.sep_id]
     assert pair['token_type_ids'] == [0] * (len(a) + 2) + [1] * (len(b) + 1)
+
+
+def test_verify_fails_when_the_hf_weights_differ(ours, tmp_path):
+  from safetensors.numpy import load_file, save_file  # pylint: disable=import-outside-toplevel
+  checkpoint = ours('clm', 3)
+  export_lib.export(str(checkpoint), str(tmp_path / 'hf'))
+  tensors = load_file(tmp_path / 'hf' / 'model.safetensors')
+  tensors['transformer.h.1.mlp.c_fc.weight'] += 0.01  # a mapping bug's worth of difference
+  save_file(tensors, tmp_path / 'hf' / 'model.safetensors', metadata={'format': 'pt'})
+  with pytest.raises(ConfigError, match=r'--verify: GPT2LMHeadModel logits differ by'):
+    verify.verify(str(checkpoint), str(tmp_path / 'hf'))
 
 
 def test_padded_batches_match_on_real_tokens(ours, tmp_path):

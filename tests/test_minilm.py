@@ -22,7 +22,8 @@ SENTENCES = ['A gripping, beautifully acted film.', 'The plot never comes togeth
 @pytest.fixture(scope='module')
 def imported(tmp_path_factory):
   out = tmp_path_factory.mktemp('minilm') / 'ckpt'
-  assert convert_checkpoint.main(['from-hf', '--hf', str(MINILM), '--out', str(out)]) == 0
+  # --verify: exit 2 if our hidden states differ from transformers.BertModel's by more than 1e-4
+  assert convert_checkpoint.main(['from-hf', '--hf', str(MINILM), '--out', str(out), '--verify']) == 0
   return out
 
 
