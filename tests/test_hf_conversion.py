@@ -301,3 +301,15 @@ def test_gpt2_classifier_has_no_hf_class(ours, tmp_path):
                                             'is_regression': False, 'pooling': 'auto'})
   with pytest.raises(ConfigError, match=r"--checkpoint: a fine-tuned gpt2 model with pooling 'auto' has no"):
     export_lib.hf_tensors(fake)
+
+
+def test_without_the_hf_extra_the_cli_names_the_missing_package(ours, tmp_path, monkeypatch, capsys):
+  for name in ('safetensors', 'safetensors.numpy'):
+    monkeypatch.setitem(sys.modules, name, None)  # as if not installed: importing it raises ModuleNotFoundError
+  monkeypatch.delitem(sys.modules, 'tools.hf.export')
+  args = ['to-hf', '--checkpoint', str(ours('mlm', 3)), '--out', str(tmp_path / 'hf')]
+  assert convert_checkpoint.main(args) == 2
+  assert capsys.readouterr().err.strip() == ("error: to-hf: needs the Python package 'safetensors' of the `hf` "
+                                             "extra (on CPU machines: pip install torch==2.13.0 && pip install -e "
+                                             "'.[hf]')")
+  assert not (tmp_path / 'hf').exists()

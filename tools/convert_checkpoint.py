@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from pretrain.core.cli import tool_main
+from pretrain.core.errors import ConfigError
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -34,6 +35,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> dict:
+  try:
+    return _convert(args)
+  except ModuleNotFoundError as e:  # safetensors, torch or transformers: the `hf` extra
+    package = (e.name or '').split('.')[0]
+    raise ConfigError(f"{args.command}: needs the Python package {package!r} of the `hf` extra (on CPU machines: "
+                      "pip install torch==2.13.0 && pip install -e '.[hf]')") from None
+
+
+def _convert(args: argparse.Namespace) -> dict:
   if args.command == 'to-hf':
     from tools.hf.export import export  # pylint: disable=import-outside-toplevel
     summary = export(args.checkpoint, args.out)
