@@ -11,7 +11,7 @@ from finetune.model import POOLINGS
 from finetune.tasks import TASKS, Task
 from pretrain.core import checkpoint as checkpoint_lib
 from pretrain.core import optim
-from pretrain.core.errors import ConfigError, require
+from pretrain.core.errors import require
 from pretrain.core.model_config import ModelConfig
 from pretrain.core.tokenizer import Tokenizer
 
@@ -73,18 +73,7 @@ def optimizer_settings(train_cfg, total_steps: int) -> types.SimpleNamespace:
 
 def load_pretrained(config) -> Pretrained:
   """The checkpoint's architecture and tokenizer, checked against this config (reads no arrays)."""
-  try:
-    directory, step = checkpoint_lib.resolve(config.init_checkpoint)
-  except ConfigError as e:
-    raise ConfigError(f"init_checkpoint: {str(e).removeprefix('checkpoint: ')}") from None
-  step_dir = directory / str(step)
-  try:
-    meta = checkpoint_lib.read_meta(step_dir)
-  except Exception as e:  # pylint: disable=broad-except  # a torn or foreign checkpoint
-    raise ConfigError(f'init_checkpoint: {step_dir} has no readable meta item ({type(e).__name__}: {e})') \
-        from None
-  require('tokenizer' in meta and 'model' in meta.get('config', {}),
-          f'init_checkpoint: {step_dir} holds no config and tokenizer (not a checkpoint of this project)')
+  step_dir, meta = checkpoint_lib.read_checked_meta(config.init_checkpoint, 'init_checkpoint')
   saved = dict(meta['config']['model'])
   saved.update({k: config.model[k] for k in RUNTIME_MODEL_FIELDS})
   model_cfg = ModelConfig.from_config(saved)

@@ -20,7 +20,7 @@ from pretrain import objectives
 from pretrain.config_checks import check_resumable, validate
 from pretrain.core import checkpoint as checkpoint_lib
 from pretrain.core import optim, sharding
-from pretrain.core.errors import ConfigError, require
+from pretrain.core.errors import require
 from pretrain.core.model_config import ModelConfig
 from pretrain.core.tokenizer import Tokenizer
 from pretrain.heads import LanguageModel
@@ -87,13 +87,8 @@ def _with_init_checkpoint(config):
   """config.init_checkpoint set: a copy of config with the checkpoint's architecture, and its tokenizer."""
   if not config.init_checkpoint:
     return config, None
-  try:
-    meta = checkpoint_lib.read_meta(config.init_checkpoint)
-  except ConfigError as e:
-    raise ConfigError(f"init_checkpoint: {str(e).removeprefix('checkpoint: ')}") from None
-  saved = meta.get('config', {}).get('model')
-  require(saved is not None and 'tokenizer' in meta,
-          f'init_checkpoint: {config.init_checkpoint} holds no model config and tokenizer')
+  _, meta = checkpoint_lib.read_checked_meta(config.init_checkpoint, 'init_checkpoint')
+  saved = meta['config']['model']
   config = copy.deepcopy(config)
   for field in ARCHITECTURE_FIELDS:
     config.model[field] = saved[field]

@@ -10,7 +10,6 @@ import jax
 from flax import nnx
 
 from pretrain.core import checkpoint as checkpoint_lib
-from pretrain.core.errors import ConfigError
 from pretrain.core.model_config import ModelConfig
 from pretrain.heads import LanguageModel
 
@@ -40,16 +39,7 @@ def model_builder(model_cfg: ModelConfig, classifier: dict | None):
 
 def load(checkpoint: str, field: str = '--checkpoint') -> LoadedCheckpoint:
   """Reads a workdir, its checkpoints/ dir or a step dir; errors name `field`."""
-  try:
-    directory, step = checkpoint_lib.resolve(checkpoint)
-    step_dir = directory / str(step)
-    meta = checkpoint_lib.read_meta(step_dir)
-  except ConfigError as e:
-    raise ConfigError(f"{field}: {str(e).removeprefix('checkpoint: ')}") from None
-  except Exception as e:  # pylint: disable=broad-except  # a torn or foreign checkpoint
-    raise ConfigError(f'{field}: {checkpoint} has no readable meta item ({type(e).__name__})') from None
-  if 'tokenizer' not in meta or 'model' not in meta.get('config', {}):
-    raise ConfigError(f'{field}: {step_dir} holds no config and tokenizer (not a checkpoint of this project)')
+  step_dir, meta = checkpoint_lib.read_checked_meta(checkpoint, field)
   model_cfg = ModelConfig.from_config(meta['config']['model'])
   classifier = meta.get('classifier')
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

@@ -110,6 +110,21 @@ def read_meta(path: str | os.PathLike) -> dict:
   return ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(step_dir / 'meta')
 
 
+def read_checked_meta(path: str | os.PathLike, field: str) -> tuple[pathlib.Path, dict]:
+  """(step dir, meta) of a checkpoint of this project; every failure is a ConfigError naming `field`."""
+  try:
+    step_dir, _ = _step_items(path)
+    meta = read_meta(step_dir)
+  except ConfigError as e:
+    raise ConfigError(f"{field}: {str(e).removeprefix('checkpoint: ')}") from None
+  except Exception as e:  # pylint: disable=broad-except  # a torn or foreign checkpoint
+    raise ConfigError(f'{field}: {path} has no readable meta item ({type(e).__name__}: {e})') from None
+  if 'tokenizer' not in meta or 'model' not in meta.get('config', {}):
+    raise ConfigError(f'{field}: {step_dir} holds no model config and tokenizer (not a checkpoint of this '
+                      'project)')
+  return step_dir, meta
+
+
 def _stored_params(step_dir: pathlib.Path) -> dict:
   metadata = ocp.PyTreeCheckpointer().metadata(step_dir / 'state')
   tree = getattr(metadata, 'item_metadata', metadata)
