@@ -82,10 +82,16 @@ def base_config(size: str, objective: str) -> ml_collections.ConfigDict:
       layer_norm_eps=1e-12 if is_bert else 1e-5,
       initializer_range=0.02,
       dtype='bfloat16' if large else 'float32',  # compute dtype; parameters stay float32
-      remat_policy='dots_saveable' if large else 'none',  # none | full | dots_saveable | dots_with_no_batch_dims
+      # none | full | dots_saveable | dots_with_no_batch_dims. At long sequences the float32 attention scores that
+      # dots_saveable keeps for every layer dominate memory (tools.plan): keep only the unbatched matmuls there.
+      remat_policy=('dots_saveable' if seq_len < 512 else 'dots_with_no_batch_dims') if large else 'none',
   ))
 
-  c.mlm = ml_collections.ConfigDict(dict(mask_prob=0.15, mask_token_prob=0.8, random_token_prob=0.1))
+  c.mlm = ml_collections.ConfigDict(dict(
+      mask_prob=0.15, mask_token_prob=0.8, random_token_prob=0.1,
+      whole_word_masking=False,  # mask every piece of a chosen word together
+      sentence_task='none',  # none | nsp (next sentence) | sop (sentence order): BERT pairs + a pooled head
+  ))
 
   c.data = ml_collections.ConfigDict(dict(
       source='builtin:stdlib-docs',
@@ -108,6 +114,7 @@ def base_config(size: str, objective: str) -> ml_collections.ConfigDict:
       b2=0.999 if is_bert else 0.95,
       eps=1e-6 if is_bert else 1e-8,
       grad_clip_norm=1.0,
+      microbatches=1,  # gradient accumulation: the batch runs as this many microbatches in one jitted step
       log_every=20 if size == 'tiny' else 100,
       eval_every=200 if size == 'tiny' else 5000,
       eval_batches=20 if size == 'tiny' else 100,

@@ -1,7 +1,7 @@
 """GPT-style causal-LM pretraining (gpt2 variant: pre-LN, tanh GELU, final LN, tied LM head).
 
   python -m pretrain --config configs/pretrain_clm.py:size=tiny --workdir /tmp/clm
-  python -m pretrain --config configs/pretrain_clm.py:size=gpt2-small --workdir gs://bucket/gpt2 \
+  python -m pretrain --config configs/pretrain_clm.py:size=gpt2-small --workdir /shared/runs/gpt2 \
       --config.data.source=jsonl:/data/owt/*.jsonl
 
 Sizes: tiny (CPU, minutes), bert-base, bert-large, gpt2-small, gpt2-medium, gpt2-large, 1b.

@@ -1,7 +1,7 @@
 """BERT-style masked-LM pretraining (bert variant: post-LN, token types, erf GELU, tied MLM head).
 
   python -m pretrain --config configs/pretrain_mlm.py:size=tiny --workdir /tmp/mlm
-  python -m pretrain --config configs/pretrain_mlm.py:size=bert-base --workdir gs://bucket/bert-base \
+  python -m pretrain --config configs/pretrain_mlm.py:size=bert-base --workdir /shared/runs/bert-base \
       --config.data.source=text:/data/wiki/*.txt --config.mesh.fsdp=-1
 
 Sizes: tiny (CPU, minutes), bert-base, bert-large, gpt2-small, gpt2-medium, gpt2-large, 1b.

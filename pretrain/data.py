@@ -11,6 +11,11 @@ repeated forever, batched to the GLOBAL batch; process p keeps rows [p*local, (p
 so a step's data does not depend on the process count. Iterator state is {'step': n} for any num_workers.
 Eval: held-out rows in fixed order; the last incomplete batch is padded with all-padding rows
 (segment_ids 0), so loss weights must come from segment_ids > 0.
+Row stores: batches read rows by index through `Rows` (`__len__`, `read(ids)`): PackedRows in memory, or
+ArrayRecord shards written once by `python -m tools.prepare_data` (source `prepared:DIR`, pretrain/prepared.py),
+where each process reads only its own rows. Both give the same batches for the same corpus and config.
+Sentence pairs (mlm.sentence_task nsp or sop): rows are sentence_pairs.PairRows instead, one
+[CLS] A [SEP] B [SEP] per row, whose batches add token_types and sentence_labels (in-memory sources only).
 """
 
 from __future__ import annotations
@@ -20,13 +25,13 @@ import hashlib
 import logging
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from absl import flags
 import grain
 import numpy as np
 
-from pretrain import sources
+from pretrain import prepared, sentence_pairs, sources
 from pretrain.core.errors import ConfigError, require
 from pretrain.core.tokenizer import TRAINER_VERSION, Tokenizer, train_sentencepiece
 
@@ -47,8 +52,8 @@ class DataPipeline:
   process_count: int
   seed: int
   num_workers: int
-  train_rows: 'PackedRows'
-  eval_rows: 'PackedRows'
+  train_rows: 'Rows'
+  eval_rows: 'Rows'
 
   @property
   def local_batch(self) -> int:
@@ -57,7 +62,7 @@ class DataPipeline:
   def train_dataset(self, start_step: int = 0) -> grain.IterDataset:
     """This process's slice of global batches start_step, start_step + 1, ... (infinite)."""
     local = _LocalBatch(self.train_rows, self.process_index * self.local_batch, self.local_batch)
-    ds = grain.MapDataset.range(len(self.train_rows.tokens)).shuffle(seed=self.seed).repeat()
+    ds = grain.MapDataset.range(len(self.train_rows)).shuffle(seed=self.seed).repeat()
     ds = ds.batch(self.global_batch, drop_remainder=True)[start_step:].map(local)
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
     if self.num_workers > 0:
@@ -72,7 +77,7 @@ class DataPipeline:
 
   def eval_batches(self, max_batches: int) -> list[dict[str, np.ndarray]]:
     """The first max_batches eval batches in fixed order; the last one padded with segment-0 rows."""
-    rows = len(self.eval_rows.tokens)
+    rows = len(self.eval_rows)
     count = min(max_batches, -(-rows // self.global_batch))
     local = _LocalBatch(self.eval_rows, self.process_index * self.local_batch, self.local_batch)
     return [local(np.arange(b * self.global_batch, (b + 1) * self.global_batch)) for b in range(count)]
@@ -120,26 +125,49 @@ class _TrainIterator(grain.DatasetIterator):
     super().close()
 
 
+class Rows(Protocol):
+  """Packed rows read by index: PackedRows (in memory) or prepared.ArrayRecordRows (shards on disk)."""
+  pad_id: int
+  seq_len: int
+
+  def __len__(self) -> int: ...
+
+  def read(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """tokens [len(ids), seq_len] and int8 kinds (_START, _CONT or _PAD) of rows `ids`."""
+
+
 @dataclasses.dataclass
 class PackedRows:
   tokens: np.ndarray  # [rows, seq_len] int32
   kind: np.ndarray  # [rows, seq_len] int8: _START, _CONT or _PAD
   pad_id: int
 
+  @property
+  def seq_len(self) -> int:
+    return self.tokens.shape[1]
+
+  def __len__(self) -> int:
+    return len(self.tokens)
+
+  def read(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return self.tokens[ids], self.kind[ids]
+
 
 @dataclasses.dataclass
 class _LocalBatch:
   """Global batch of row indices -> this process's slice as model features (picklable for workers)."""
-  rows: PackedRows
+  rows: Rows
   start: int
   size: int
 
   def __call__(self, row_ids: np.ndarray) -> dict[str, np.ndarray]:
     ids = np.asarray(row_ids)[self.start:self.start + self.size]
-    real = ids < len(self.rows.tokens)  # ids past the end are padding rows (eval only)
-    ids = np.where(real, ids, 0)
-    tokens = np.where(real[:, None], self.rows.tokens[ids], self.rows.pad_id)
-    kind = np.where(real[:, None], self.rows.kind[ids], _PAD)
+    if isinstance(self.rows, sentence_pairs.PairRows):  # one sentence pair per row, with token types and a label
+      return self.rows.batch(ids)
+    real = ids < len(self.rows)  # ids past the end are padding rows (eval only)
+    tokens = np.full((len(ids), self.rows.seq_len), self.rows.pad_id, np.int32)
+    kind = np.full(tokens.shape, _PAD, np.int8)
+    tokens[real], kind[real] = self.rows.read(ids[real])
     return features(tokens, kind)
 
 
@@ -157,36 +185,60 @@ def features(tokens_bl: np.ndarray, kind_bl: np.ndarray) -> dict[str, np.ndarray
 
 def pack(docs: Sequence[str], tokenizer: Tokenizer, seq_len: int) -> PackedRows:
   """Encodes docs as [cls] + ids + [sep], concatenates them and cuts rows; the last row is padded."""
+  return cut_rows(*encode_documents(docs, tokenizer), seq_len, tokenizer.pad_id)
+
+
+def encode_documents(docs: Sequence[str], tokenizer: Tokenizer,
+                     num_threads: int = -1) -> tuple[np.ndarray, np.ndarray]:
+  """[cls] + ids + [sep] of each document, concatenated: int32 tokens and int8 kinds (_START, _CONT)."""
   tokens, kinds = [], []
   for i in range(0, len(docs), _ENCODE_CHUNK):
-    for ids in tokenizer.encode_batch(docs[i:i + _ENCODE_CHUNK]):
+    for ids in tokenizer.encode_batch(docs[i:i + _ENCODE_CHUNK], num_threads=num_threads):
       tokens.append(np.array([tokenizer.cls_id, *ids, tokenizer.sep_id], np.int32))
       kind = np.full(len(ids) + 2, _CONT, np.int8)
       kind[0] = _START
       kinds.append(kind)
   flat = np.concatenate(tokens) if tokens else np.zeros(0, np.int32)
   flat_kind = np.concatenate(kinds) if kinds else np.zeros(0, np.int8)
+  return flat, flat_kind
+
+
+def cut_rows(flat: np.ndarray, flat_kind: np.ndarray, seq_len: int, pad_id: int) -> PackedRows:
+  """Rows of seq_len cut from a token stream; the last one padded (pad_id, _PAD)."""
   pad = -len(flat) % seq_len
-  flat = np.concatenate([flat, np.full(pad, tokenizer.pad_id, np.int32)])
+  flat = np.concatenate([flat, np.full(pad, pad_id, flat.dtype)])
   flat_kind = np.concatenate([flat_kind, np.full(pad, _PAD, np.int8)])
-  return PackedRows(flat.reshape(-1, seq_len), flat_kind.reshape(-1, seq_len), tokenizer.pad_id)
+  return PackedRows(flat.reshape(-1, seq_len), flat_kind.reshape(-1, seq_len), pad_id)
 
 
 def split_eval(docs: Sequence[str], eval_fraction: float) -> np.ndarray:
   """Boolean [docs] mask of held-out documents, a deterministic function of each text."""
-  u = np.array([int.from_bytes(hashlib.blake2b(d.encode('utf-8', 'surrogatepass'), digest_size=8).digest(), 'big')
-                for d in docs], np.uint64) / 2.0**64
-  held = u < eval_fraction
-  if eval_fraction > 0 and not held.any():
-    held = u == u.min()
-  if held.all():
-    held = u < u.max()
-  return held
+  u = np.array([text_hash(d) for d in docs], np.float64)
+  if not len(u):
+    return np.zeros(0, bool)
+  return held_out(u, eval_fraction, u.min(), u.max())
+
+
+def text_hash(doc: str) -> float:
+  """blake2b of the text as a number in [0, 1): the eval split holds out small ones."""
+  digest = hashlib.blake2b(doc.encode('utf-8', 'surrogatepass'), digest_size=8).digest()
+  return int.from_bytes(digest, 'big') / 2.0**64
+
+
+def held_out(u: np.ndarray, eval_fraction: float, u_min: float = 0.0, u_max: float = 1.0) -> np.ndarray:
+  """Held-out mask of hashes `u` given the corpus' smallest and largest hash: u < eval_fraction, but when
+  eval_fraction > 0 at least one distinct text is held out, and at least one is kept for training.
+  The defaults give the plain rule, which a one-pass reader uses before it knows the corpus' bounds."""
+  if eval_fraction > 0 and u_min >= eval_fraction:  # nothing below: hold out the smallest (unless all are)
+    return (u == u_min) & (u < u_max)
+  if u_max < eval_fraction:  # everything below: keep the largest for training
+    return u < u_max
+  return u < eval_fraction
 
 
 def build_data(config: Any, *, process_index: int = 0, process_count: int = 1,
                tokenizer: Tokenizer | None = None) -> DataPipeline:
-  """Reads, splits, tokenizes and packs `config.data.source`; see the module docstring."""
+  """Reads, splits, tokenizes and packs `config.data.source` (or opens a prepared one); see the module docstring."""
   source = str(_get(config, 'data.source'))
   seq_len = int(_get(config, 'data.seq_len'))
   eval_fraction = float(_get(config, 'data.eval_fraction'))
@@ -204,13 +256,41 @@ def build_data(config: Any, *, process_index: int = 0, process_count: int = 1,
   require(0 <= process_index < process_count, f'process_index {process_index} not in [0, {process_count})')
   require(batch % process_count == 0,
           f'train.batch_size: {batch} is not divisible by the process count {process_count}')
+  sentence_task = _sentence_task(config)
+  require(sentence_task == 'none' or not source.startswith(prepared.SCHEME),
+          f"mlm.sentence_task: '{sentence_task}' builds sentence pairs from documents, but '{source}' holds packed "
+          'rows; use the source it was prepared from')
+  if source.startswith(prepared.SCHEME):  # tokenized and packed once by `python -m tools.prepare_data`
+    corpus = prepared.open_prepared(source, seq_len=seq_len, tokenizer=tokenizer, tokenizer_path=tokenizer_path,
+                                    eval_fraction=eval_fraction, max_doc_chars=max_doc_chars)
+    _check_vocab_size(corpus.tokenizer, corpus.tokenizer_path, vocab_size)
+    tokenizer, counts, train_rows, eval_rows = corpus.tokenizer, corpus.counts, corpus.train_rows, corpus.eval_rows
+  else:
+    tokenizer, counts, train_rows, eval_rows = _read_and_pack(
+        source, seq_len=seq_len, eval_fraction=eval_fraction, max_doc_chars=max_doc_chars, vocab_size=vocab_size,
+        seed=int(_get(config, 'seed')), tokenizer=tokenizer, tokenizer_path=tokenizer_path,
+        sentence_task=sentence_task)
+  require(len(train_rows) >= batch,
+          f'train.batch_size: {batch} exceeds the {len(train_rows)} training rows of data.seq_len '
+          f"{seq_len} that data.source '{source}' gives; lower the batch or add text")
+
+  stats = dict(counts, vocab_size=tokenizer.vocab_size)
+  log.info('data %s: %s', source, ' '.join(f'{k}={v}' for k, v in stats.items()))
+  return DataPipeline(tokenizer=tokenizer, stats=stats, seq_len=seq_len, global_batch=batch,
+                      process_index=process_index, process_count=process_count,
+                      seed=int(_get(config, 'seed')) % 2**32, num_workers=num_workers,
+                      train_rows=train_rows, eval_rows=eval_rows)
+
+
+def _read_and_pack(source: str, *, seq_len: int, eval_fraction: float, max_doc_chars: int, vocab_size: int,
+                   seed: int, tokenizer: Tokenizer | None, tokenizer_path: str, sentence_task: str = 'none'
+                   ) -> tuple[Tokenizer, dict[str, int], Rows, Rows]:
+  """The in-memory row store: the whole corpus read, split, tokenized and packed (or paired) here."""
   if tokenizer is None and tokenizer_path:
     require(os.path.isfile(tokenizer_path), f"data.tokenizer: no such file '{tokenizer_path}'")
     tokenizer = Tokenizer.from_file(tokenizer_path)
   if tokenizer is not None:
-    require(tokenizer.vocab_size <= vocab_size,
-            f"data.tokenizer: '{tokenizer_path or 'checkpoint tokenizer'}' has {tokenizer.vocab_size} pieces, "
-            f'more than model.vocab_size {vocab_size}')
+    _check_vocab_size(tokenizer, tokenizer_path or 'checkpoint tokenizer', vocab_size)
 
   source_stats = sources.SourceStats()
   docs = list(sources.read_documents(source, max_doc_chars=max_doc_chars, stats=source_stats))
@@ -221,21 +301,33 @@ def build_data(config: Any, *, process_index: int = 0, process_count: int = 1,
   train_docs = [d for d, h in zip(docs, held) if not h]
   eval_docs = [d for d, h in zip(docs, held) if h]
   if tokenizer is None:
-    tokenizer = _cached_tokenizer(train_docs, vocab_size, int(_get(config, 'seed')))
-  train_rows, eval_rows = pack(train_docs, tokenizer, seq_len), pack(eval_docs, tokenizer, seq_len)
-  require(len(train_rows.tokens) >= batch,
-          f'train.batch_size: {batch} exceeds the {len(train_rows.tokens)} training rows of data.seq_len '
-          f"{seq_len} that data.source '{source}' gives; lower the batch or add text")
+    tokenizer = _cached_tokenizer(train_docs, vocab_size, seed)
+  if sentence_task == 'none':
+    train_rows, eval_rows = pack(train_docs, tokenizer, seq_len), pack(eval_docs, tokenizer, seq_len)
+  else:  # one BERT sentence pair per row (pretrain/sentence_pairs.py)
+    train_rows, eval_rows = (sentence_pairs.pair_rows(split_docs, tokenizer, seq_len, sentence_task, seed, split)
+                             for split_docs, split in ((train_docs, 'train'), (eval_docs, 'eval')))
+  counts.update(train_documents=len(train_docs), eval_documents=len(eval_docs),
+                train_rows=len(train_rows), eval_rows=len(eval_rows),
+                train_tokens=_num_tokens(train_rows), eval_tokens=_num_tokens(eval_rows))
+  return tokenizer, counts, train_rows, eval_rows
 
-  stats = dict(counts, train_documents=len(train_docs), eval_documents=len(eval_docs),
-               train_rows=len(train_rows.tokens), eval_rows=len(eval_rows.tokens),
-               train_tokens=int((train_rows.kind != _PAD).sum()), eval_tokens=int((eval_rows.kind != _PAD).sum()),
-               vocab_size=tokenizer.vocab_size)
-  log.info('data %s: %s', source, ' '.join(f'{k}={v}' for k, v in stats.items()))
-  return DataPipeline(tokenizer=tokenizer, stats=stats, seq_len=seq_len, global_batch=batch,
-                      process_index=process_index, process_count=process_count,
-                      seed=int(_get(config, 'seed')) % 2**32, num_workers=num_workers,
-                      train_rows=train_rows, eval_rows=eval_rows)
+
+def _num_tokens(rows: Rows) -> int:
+  return rows.num_tokens if isinstance(rows, sentence_pairs.PairRows) else int((rows.kind != _PAD).sum())
+
+
+def _sentence_task(config: Any) -> str:
+  """mlm.sentence_task; 'none' for configs without one (data-only configs)."""
+  try:
+    return str(_get(config, 'mlm.sentence_task'))
+  except ConfigError:
+    return 'none'
+
+
+def _check_vocab_size(tokenizer: Tokenizer, name: str, vocab_size: int) -> None:
+  require(tokenizer.vocab_size <= vocab_size,
+          f"data.tokenizer: '{name}' has {tokenizer.vocab_size} pieces, more than model.vocab_size {vocab_size}")
 
 
 def _cached_tokenizer(train_docs: Sequence[str], vocab_size: int, seed: int) -> Tokenizer:

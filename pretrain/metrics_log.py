@@ -83,6 +83,8 @@ class MetricsLog:
       return
     self._write(record)
     accuracy = f' | acc {record["accuracy"]:.3f}' if 'accuracy' in record else ''
+    if 'sentence_accuracy' in record:
+      accuracy += f' | sentence loss {record["sentence_loss"]:.4f} acc {record["sentence_accuracy"]:.3f}'
     logging.info('step %d/%d | loss %.4f%s | lr %.2e | %s tok/s | %.0f ms/step | ETA %s', step, self.total_steps,
                  record['loss'], accuracy, record['learning_rate'], f'{record["tokens_per_sec"]:,.0f}',
                  record['step_time_ms'], _format_duration(seconds_per_step * (self.total_steps - step)))
@@ -97,6 +99,15 @@ class MetricsLog:
   def close(self) -> None:
     if self.writer is not None:
       self.writer.close()
+
+
+def sentence_eval_metrics(sums: dict) -> dict:
+  """eval_sentence_loss / eval_sentence_accuracy (nsp or sop) from the summed terms; {} without a sentence task."""
+  if 'sentence_loss_sum' not in sums:
+    return {}
+  examples = max(float(sums['sentence_weight_sum']), 1.0)
+  return {'eval_sentence_loss': float(sums['sentence_loss_sum']) / examples,
+          'eval_sentence_accuracy': float(sums['sentence_correct_sum']) / examples}
 
 
 def eval_metrics(loss_sum: float, correct_sum: float, weight_sum: float, objective: str) -> dict:

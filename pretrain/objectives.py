@@ -1,7 +1,8 @@
 """Pretraining objectives as pure functions of a packed batch: -> inputs, targets, per-token loss weights.
 
 Batches hold `tokens`, `segment_ids` (1, 2, ... per packed document, 0 = padding) and `positions`,
-all int32 [batch, length].
+all int32 [batch, length]; sentence-pair batches (mlm.sentence_task) add `token_types` [batch, length] and
+`sentence_labels` [batch, 1] (see pretrain/sentence_pairs.py).
 """
 import dataclasses
 
@@ -20,15 +21,18 @@ class MlmSettings:
   mask_prob: float = 0.15
   mask_token_prob: float = 0.8
   random_token_prob: float = 0.1
+  # Whole-word masking: piece id -> the piece begins a word (Tokenizer.word_starts()); None masks per token.
+  word_starts: tuple[bool, ...] | None = None
 
 
-def example_keys(seed_key: jax.Array, stream: int, step: jax.Array, batch_size: int) -> jax.Array:
+def example_keys(seed_key: jax.Array, stream: int, step: jax.Array, example_ids: jax.Array) -> jax.Array:
   """One key per example, from (seed key, stream, step, example index in the global batch) alone.
 
-  A resumed run, or a run on another number of hosts, draws the same randomness for the same step.
+  A resumed run, a run on another number of hosts, or one split into microbatches draws the same randomness
+  for the same example of the same step.
   """
   step_key = jax.random.fold_in(jax.random.fold_in(seed_key, stream), step)
-  return jax.vmap(lambda i: jax.random.fold_in(step_key, i))(jnp.arange(batch_size))
+  return jax.vmap(lambda i: jax.random.fold_in(step_key, i))(example_ids)
 
 
 def max_predictions(seq_len: int, mask_prob: float) -> int:
@@ -39,6 +43,7 @@ def max_predictions(seq_len: int, mask_prob: float) -> int:
 def mlm(batch: dict, keys_b: jax.Array, settings: MlmSettings) -> dict:
   """BERT masking. Per sequence, exactly max(1, round(mask_prob * eligible)) of the real, non-special tokens
   are chosen (as in the original BERT data pipeline); of those 80% -> [MASK], 10% -> a random token, 10% kept.
+  With settings.word_starts, whole words are chosen instead (`whole_words`), and the count is a budget.
 
   Only the chosen positions are predicted: `positions` [batch, K] indexes them (K = max_predictions), with
   `targets` and `weights` [batch, K]; unused slots have weight 0. The output layer then runs on K tokens per
@@ -47,14 +52,22 @@ def mlm(batch: dict, keys_b: jax.Array, settings: MlmSettings) -> dict:
   tokens_bt = batch['tokens']
   num_slots = max_predictions(tokens_bt.shape[1], settings.mask_prob)
   special = jnp.asarray(settings.special_ids, tokens_bt.dtype)
+  word_starts_v = None if settings.word_starts is None else jnp.asarray(settings.word_starts, bool)
 
   def mask_one(tokens_t, segments_t, key):
     choose_key, kind_key, random_key = jax.random.split(key, 3)
-    eligible_t = ~jnp.isin(tokens_t, special) & (segments_t != 0)
+    special_t = jnp.isin(tokens_t, special)
+    eligible_t = ~special_t & (segments_t != 0)
     num_eligible = jnp.sum(eligible_t)
     count = jnp.clip(jnp.round(num_eligible * settings.mask_prob), jnp.minimum(num_eligible, 1), num_slots)
-    scores_t = jnp.where(eligible_t, jax.random.uniform(choose_key, tokens_t.shape), 2.0)
-    _, positions_k = jax.lax.top_k(-scores_t, num_slots)  # eligible tokens in random order first
+    uniform_t = jax.random.uniform(choose_key, tokens_t.shape)
+    candidates_t = eligible_t  # per token: the first `count` of them in random order are chosen
+    if word_starts_v is not None:  # whole words: exactly these tokens, at most `count` of them
+      candidates_t = whole_words(word_starts_v[tokens_t], special_t, segments_t, eligible_t, uniform_t, count,
+                                 num_slots)
+      count = jnp.sum(candidates_t)
+    scores_t = jnp.where(candidates_t, uniform_t, 2.0)
+    _, positions_k = jax.lax.top_k(-scores_t, num_slots)  # candidates in random order first
     weights_k = jnp.arange(num_slots) < count
     kind_k = jax.random.uniform(kind_key, (num_slots,))
     random_k = jax.random.randint(random_key, (num_slots,), 0, settings.random_vocab_size, tokens_t.dtype)
@@ -69,6 +82,41 @@ def mlm(batch: dict, keys_b: jax.Array, settings: MlmSettings) -> dict:
   return {'inputs': inputs_bt, 'positions': positions_bk, 'targets': targets_bk, 'weights': weights_bk}
 
 
+def whole_words(piece_starts_t: jax.Array, special_t: jax.Array, segments_t: jax.Array, eligible_t: jax.Array,
+                uniform_t: jax.Array, budget: jax.Array, max_budget: int) -> jax.Array:
+  """bool [length]: the eligible tokens of the words whole-word masking predicts, for one sequence.
+
+  A token begins a word when its piece begins one (piece_starts_t), when it is special or follows a special, or
+  when a new segment begins. Words are visited in a random order (each word's key: uniform_t at its first token)
+  and, as in BERT's create_pretraining_data, a word is taken when the running token count plus its size stays
+  <= budget, else skipped. With every piece a word start, it chooses exactly what per-token masking chooses.
+  """
+  length = piece_starts_t.shape[0]
+  starts_t = (piece_starts_t | special_t | jnp.roll(special_t, 1) | (segments_t != jnp.roll(segments_t, 1))
+              ).at[0].set(True)
+  word_t = jnp.cumsum(starts_t) - 1  # [length] word index of each token
+  size_w = jax.ops.segment_sum(eligible_t.astype(jnp.int32), word_t, num_segments=length)
+  score_w = jnp.full(length, 2.0).at[jnp.where(starts_t, word_t, length)].set(uniform_t, mode='drop')
+  order_w = jnp.argsort(jnp.where(size_w > 0, score_w, 2.0))  # words to try, first to last
+  taken_w = jnp.zeros(length, bool).at[order_w].set(_greedy_fits(size_w[order_w], budget, max_budget))
+  return eligible_t & taken_w[word_t]
+
+
+def _greedy_fits(sizes_w: jax.Array, budget: jax.Array, max_budget: int) -> jax.Array:
+  """bool [words]: in order, each word is taken when the running total plus its size stays <= budget.
+
+  Word w maps the running total c to c + size_w if that fits, else to c: a table over c in 0..max_budget.
+  The tables compose associatively, so lax.associative_scan runs the sequential pass in log(words) steps.
+  """
+  counts_c = jnp.arange(max_budget + 1)
+  grown_wc = counts_c + sizes_w[:, None]
+  maps_wc = jnp.where(grown_wc <= budget, grown_wc, counts_c)
+  then = lambda first_wc, second_wc: jnp.take_along_axis(second_wc, first_wc, axis=-1)
+  after_w = jax.lax.associative_scan(then, maps_wc)[:, 0]  # running total after each word, starting from 0
+  before_w = jnp.concatenate([jnp.zeros(1, after_w.dtype), after_w[:-1]])
+  return after_w > before_w
+
+
 def clm(batch: dict) -> dict:
   """Next-token prediction: position t predicts token t+1 of the same packed segment; padding never counts.
   Every position is predicted (`positions` is None)."""
@@ -77,6 +125,12 @@ def clm(batch: dict) -> dict:
   next_segment_bt = jnp.roll(segment_bt, -1, axis=1).at[:, -1].set(0)
   weights_bt = (segment_bt != 0) & (next_segment_bt == segment_bt)
   return {'inputs': tokens_bt, 'positions': None, 'targets': targets_bt, 'weights': weights_bt.astype(jnp.float32)}
+
+
+def sentence_pair_targets(batch: dict) -> dict:
+  """nsp / sop: one target per example, `sentence_labels` [batch, 1]; all-padding rows (eval) weigh 0."""
+  return {'sentence_targets': batch['sentence_labels'],
+          'sentence_weights': (batch['segment_ids'][:, :1] > 0).astype(jnp.float32)}
 
 
 def weighted_cross_entropy(logits_btv: jax.Array, targets_bt: jax.Array, weights_bt: jax.Array) -> dict:

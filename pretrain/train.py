@@ -17,14 +17,14 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from pretrain import data as data_lib
 from pretrain import objectives
-from pretrain.config_checks import check_resumable, validate
+from pretrain.config_checks import check_batch_split, check_resumable, validate
 from pretrain.core import checkpoint as checkpoint_lib
-from pretrain.core import optim, sharding
+from pretrain.core import distributed, optim, sharding
 from pretrain.core.errors import require
 from pretrain.core.model_config import ModelConfig
 from pretrain.core.tokenizer import Tokenizer
 from pretrain.heads import LanguageModel
-from pretrain.metrics_log import MetricsLog, eval_metrics
+from pretrain.metrics_log import MetricsLog, eval_metrics, sentence_eval_metrics
 from pretrain.train_step import init_state, make_steps
 
 def _mlm_settings(config, tokenizer: Tokenizer) -> objectives.MlmSettings | None:
@@ -33,7 +33,9 @@ def _mlm_settings(config, tokenizer: Tokenizer) -> objectives.MlmSettings | None
   return objectives.MlmSettings(mask_id=tokenizer.mask_id, special_ids=tuple(tokenizer.special_ids),
                                 random_vocab_size=tokenizer.vocab_size, mask_prob=config.mlm.mask_prob,
                                 mask_token_prob=config.mlm.mask_token_prob,
-                                random_token_prob=config.mlm.random_token_prob)
+                                random_token_prob=config.mlm.random_token_prob,
+                                word_starts=(tuple(tokenizer.word_starts().tolist())
+                                             if config.mlm.whole_word_masking else None))
 
 
 def train_state_shardings(abstract_state: dict, param_shardings: dict, optimizer, mesh) -> dict:
@@ -54,6 +56,7 @@ class Trainer:
   abstract_state: dict  # ShapeDtypeStructs carrying the shardings: the restore target
   init: Callable[[], dict]  # -> a fresh train state, initialised directly sharded
   train_step: Callable[[dict, dict], tuple[dict, dict]]  # donates the state
+  grads_step: Callable[[dict, dict], tuple[dict, dict]]  # (state, batch) -> (mean-loss gradients, loss sums)
   eval_step: Callable[..., dict]
 
 
@@ -66,7 +69,8 @@ def make_trainer(config, model_cfg: ModelConfig, mesh, tokenizer: Tokenizer) -> 
   param_shardings = nnx.to_pure_dict(sharding.state_shardings(abstract_params, mesh, rules))
   abstract_state = jax.eval_shape(lambda: init_state(build_model(), optimizer, config.seed))
   state_shardings = train_state_shardings(abstract_state, param_shardings, optimizer, mesh)
-  step_fns = make_steps(graphdef, optimizer, config.objective, _mlm_settings(config, tokenizer))
+  step_fns = make_steps(graphdef, optimizer, config.objective, _mlm_settings(config, tokenizer),
+                        microbatches=config.train.microbatches)
   batch_sharding = sharding.batch_sharding(mesh, rules)
   return Trainer(
       graphdef=graphdef, state_shardings=state_shardings, batch_sharding=batch_sharding,
@@ -75,7 +79,29 @@ def make_trainer(config, model_cfg: ModelConfig, mesh, tokenizer: Tokenizer) -> 
       init=jax.jit(lambda: init_state(build_model(), optimizer, config.seed), out_shardings=state_shardings),
       train_step=jax.jit(step_fns.train, in_shardings=(state_shardings, batch_sharding),
                          out_shardings=(state_shardings, None), donate_argnums=0),
+      grads_step=jax.jit(step_fns.grads, in_shardings=(state_shardings, batch_sharding),
+                         out_shardings=(param_shardings, None)),
       eval_step=jax.jit(step_fns.eval))
+
+
+def batch_abstract(config, trainer: Trainer) -> dict[str, jax.ShapeDtypeStruct]:
+  """One global batch's arrays (int32, laid out by trainer.batch_sharding): what the train step compiles for.
+  Sentence pairs (mlm.sentence_task) add token_types and one label per example ([batch, 1])."""
+  rows = (config.train.batch_size, config.data.seq_len)
+  shapes = dict.fromkeys(('tokens', 'segment_ids', 'positions'), rows)
+  if config.mlm.sentence_task != 'none':
+    shapes.update(token_types=rows, sentence_labels=(config.train.batch_size, 1))
+  return {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=trainer.batch_sharding) for k, shape in shapes.items()}
+
+
+def _init_params(config, trainer: Trainer, fresh_params: dict) -> dict:
+  """init_checkpoint's parameters; a sentence head it lacks (an MLM-only or imported checkpoint) stays fresh."""
+  _, meta = checkpoint_lib.read_checked_meta(config.init_checkpoint, 'init_checkpoint')
+  target = dict(trainer.abstract_state['params'])
+  if 'sentence_head' in target and meta['config'].get('mlm', {}).get('sentence_task', 'none') == 'none':
+    del target['sentence_head']
+    logging.info('init_checkpoint has no sentence head: it starts freshly initialised')
+  return {**fresh_params, **checkpoint_lib.restore_params(config.init_checkpoint, target)}
 
 
 # What an init_checkpoint fixes: the parameter shapes and the numerics of the architecture.
@@ -95,12 +121,26 @@ def _with_init_checkpoint(config):
   return config, checkpoint_lib.load_tokenizer(meta)
 
 
+def _build_data(config, tokenizer) -> data_lib.DataPipeline:
+  """This process's data. Every process must tokenize alike: when the tokenizer is made from the data (trained on
+  it, or read from a prepared directory), process 0 makes it and sends it to the others."""
+  build = lambda tokenizer: data_lib.build_data(config, process_index=jax.process_index(),
+                                                process_count=jax.process_count(), tokenizer=tokenizer)
+  if jax.process_count() == 1 or tokenizer is not None or config.data.tokenizer:
+    return build(tokenizer)
+  data = build(None) if jax.process_index() == 0 else None
+  meta = distributed.broadcast_json({'tokenizer': data.tokenizer.to_meta()} if data is not None else None)
+  return data or build(checkpoint_lib.load_tokenizer(meta))
+
+
 def run(config, workdir: str) -> dict:
   """Pretrains (or resumes) per `config` in `workdir`; returns the last train and eval metrics.
 
   config.init_checkpoint (any checkpoint: an import from Hugging Face, another run) starts a new run from its
   parameters, with its architecture and tokenizer; the optimizer and the data start fresh.
   """
+  require('://' not in str(workdir), f'--workdir: {workdir} is a URL; use a path on a filesystem every host mounts '
+          '(NFS, Filestore, or a bucket mounted with gcsfuse)')
   config, init_tokenizer = _with_init_checkpoint(config)
   model_cfg = validate(config)
   workdir = str(pathlib.Path(workdir).absolute())
@@ -108,9 +148,7 @@ def run(config, workdir: str) -> dict:
   mesh = sharding.make_mesh(config.mesh)
   rules = tuple(config.sharding_rules)
   data_parallel = sharding.data_parallel_size(mesh, rules)
-  require(config.train.batch_size % data_parallel == 0,
-          f'train.batch_size: {config.train.batch_size} is not divisible by the data-parallel size {data_parallel} '
-          f'(mesh.data * mesh.fsdp)')
+  check_batch_split(config, data_parallel)
   is_main = jax.process_index() == 0
 
   checkpointer = checkpoint_lib.Checkpointer(workdir, keep=config.train.keep_checkpoints)
@@ -120,8 +158,7 @@ def run(config, workdir: str) -> dict:
     saved_meta = checkpointer.restore_meta(latest)
     check_resumable(config, saved_meta['config'], checkpointer.directory / str(latest))
     tokenizer = checkpoint_lib.load_tokenizer(saved_meta)
-  data = data_lib.build_data(config, process_index=jax.process_index(), process_count=jax.process_count(),
-                             tokenizer=tokenizer)
+  data = _build_data(config, tokenizer)
   tokenizer = data.tokenizer
   meta = checkpoint_lib.make_meta(config, tokenizer)
   if is_main:
@@ -141,17 +178,14 @@ def run(config, workdir: str) -> dict:
     else:
       state = trainer.init()
       if config.init_checkpoint:
-        state['params'] = checkpoint_lib.restore_params(config.init_checkpoint, trainer.abstract_state['params'])
+        state['params'] = _init_params(config, trainer, state['params'])
         logging.info('initialised the parameters from %s', config.init_checkpoint)
     num_params = sum(x.size for x in jax.tree.leaves(state['params']))
     logging.info('model: %s, %s parameters; mesh %s; global batch %d x %d tokens', model_cfg.variant,
                  f'{num_params:,}', dict(mesh.shape), config.train.batch_size, config.data.seq_len)
 
-    batch_abstract = {k: jax.ShapeDtypeStruct((config.train.batch_size, config.data.seq_len), jnp.int32,
-                                              sharding=trainer.batch_sharding)
-                      for k in ('tokens', 'segment_ids', 'positions')}
     start = time.perf_counter()
-    train_step = trainer.train_step.lower(state, batch_abstract).compile()
+    train_step = trainer.train_step.lower(state, batch_abstract(config, trainer)).compile()
     compile_s = time.perf_counter() - start
     logging.info('compiled the train step in %.1f s', compile_s)
     eval_set = [sharding.global_batch_from_local(b, trainer.batch_sharding)
@@ -161,8 +195,9 @@ def run(config, workdir: str) -> dict:
       # Fetched batch by batch (summed on the host): one eval program in flight at a time.
       sums = [jax.device_get(trainer.eval_step(state['params'], state['rng'], b, i)) for i, b in enumerate(eval_set)]
       totals = {k: sum(float(s[k]) for s in sums) for k in sums[0]} if sums else {}
-      return eval_metrics(float(totals.get('loss_sum', 0.0)), float(totals.get('correct_sum', 0.0)),
-                          float(totals.get('weight_sum', 0.0)), config.objective)
+      return {**eval_metrics(float(totals.get('loss_sum', 0.0)), float(totals.get('correct_sum', 0.0)),
+                             float(totals.get('weight_sum', 0.0)), config.objective),
+              **sentence_eval_metrics(totals)}
 
     step = int(jax.device_get(state['step']))
     log = MetricsLog(workdir, steps, step, enabled=is_main)

@@ -2,6 +2,16 @@
 
 `params` is a plain nested dict of arrays (nnx.split state as a pure dict); the model is rebuilt from the
 graphdef inside the traced function, so the steps jit as pure functions with explicit shardings.
+
+Gradient accumulation: with `microbatches` k > 1 the global batch runs as k microbatches inside one jitted
+step (a lax.scan), microbatch j holding rows j, j+k, j+2k, ... so every device keeps an equal share of each.
+The objective (MLM masks) is drawn for the whole batch first, so each loss term's normaliser (the batch's
+number of predicted tokens) is known; each microbatch's gradients are those of its share of the batch's mean
+loss, and summing them gives the whole batch's. Masks and dropout are drawn per example (seed, step, row in the
+global batch): k microbatches give the same update as one step on the whole batch.
+
+Sentence pairs (batches with `sentence_labels`, mlm.sentence_task nsp or sop): the loss adds the sentence head's
+mean cross-entropy over the batch's real examples to the MLM loss, as BertForPreTraining does.
 """
 import dataclasses
 from typing import Any, Callable
@@ -12,6 +22,7 @@ import optax
 from flax import nnx
 
 from pretrain import objectives
+from pretrain.core.sharding import constrain
 
 EVAL_STEP = 2**30  # the 'step' eval masks are drawn from: fixed, so every evaluation sees the same masks
 
@@ -19,47 +30,96 @@ EVAL_STEP = 2**30  # the 'step' eval masks are drawn from: fixed, so every evalu
 @dataclasses.dataclass(frozen=True)
 class StepFunctions:
   train: Callable[[dict, dict], tuple[dict, dict]]  # (state, batch) -> (state, metrics)
+  grads: Callable[[dict, dict], tuple[dict, dict]]  # (state, batch) -> (gradients of the mean loss, loss sums)
   eval: Callable[..., dict]  # (params, rng, batch, batch_index) -> loss/correct/weight sums
 
 
+def split_microbatches(tree: Any, k: int) -> Any:
+  """[batch, ...] leaves -> [k, batch // k, ...]: microbatch j holds rows j, j+k, j+2k, ..."""
+  def split(x):
+    x_bk = x.reshape(x.shape[0] // k, k, *x.shape[1:])
+    x_kb = jnp.moveaxis(x_bk, 1, 0)
+    return constrain(x_kb, (None, 'batch') + (None,) * (x.ndim - 1))
+  return jax.tree.map(split, tree)
+
+
 def make_steps(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, objective: str,
-               mlm_settings: objectives.MlmSettings | None) -> StepFunctions:
+               mlm_settings: objectives.MlmSettings | None, microbatches: int = 1) -> StepFunctions:
 
-  def examples(batch: dict, rng: jax.Array, step: jax.Array) -> dict:
+  def examples(batch: dict, rng: jax.Array, step: jax.Array, example_ids: jax.Array) -> dict:
+    """The objective's inputs/targets/weights (MLM masks drawn per example) and each row's example index."""
     if objective == 'clm':
-      return objectives.clm(batch)
-    keys_b = objectives.example_keys(rng, objectives.MASK_STREAM, step, batch['tokens'].shape[0])
-    return objectives.mlm(batch, keys_b, mlm_settings)
+      ex = objectives.clm(batch)
+    else:
+      ex = objectives.mlm(batch, objectives.example_keys(rng, objectives.MASK_STREAM, step, example_ids), mlm_settings)
+    if 'sentence_labels' in batch:
+      ex.update(objectives.sentence_pair_targets(batch))
+    return {**ex, 'example_ids': example_ids}
 
-  def loss_sums(params: dict, batch: dict, rng: jax.Array, step: jax.Array, train: bool) -> dict:
-    ex = examples(batch, rng, step)
-    dropout_key = (jax.random.fold_in(jax.random.fold_in(rng, objectives.DROPOUT_STREAM), step)
-                   if train else None)
+  def loss_sums(params: dict, batch: dict, ex: dict, rng: jax.Array, step: jax.Array, train: bool) -> dict:
+    dropout_keys_b = (objectives.example_keys(rng, objectives.DROPOUT_STREAM, step, ex['example_ids'])
+                      if train else None)
     model = nnx.merge(graphdef, params)
-    logits_btv = model(ex['inputs'], predict_positions=ex['positions'], segment_ids=batch['segment_ids'],
-                       positions=batch['positions'], dropout_key=dropout_key)
-    return objectives.weighted_cross_entropy(logits_btv, ex['targets'], ex['weights'])
+    logits_btv, sentence_logits_bc = model.pretraining_logits(
+        ex['inputs'], predict_positions=ex['positions'], segment_ids=batch['segment_ids'],
+        positions=batch['positions'], token_type_ids=batch.get('token_types'), dropout_key=dropout_keys_b)
+    sums = objectives.weighted_cross_entropy(logits_btv, ex['targets'], ex['weights'])
+    if 'sentence_targets' in ex:
+      sentence = objectives.weighted_cross_entropy(sentence_logits_bc[:, None], ex['sentence_targets'],
+                                                   ex['sentence_weights'])
+      sums.update({f'sentence_{k}': v for k, v in sentence.items()})
+    return sums
+
+  def loss_normalizers(ex: dict) -> dict:
+    """Each summed loss term -> what the whole batch divides it by (known before any microbatch runs)."""
+    normalizers = {'loss_sum': jnp.maximum(jnp.sum(ex['weights']), 1.0)}
+    if 'sentence_weights' in ex:  # the batch's real examples
+      normalizers['sentence_loss_sum'] = jnp.maximum(jnp.sum(ex['sentence_weights']), 1.0)
+    return normalizers
+
+  def mean_grads(state: dict, batch: dict) -> tuple[dict, dict]:
+    """Gradients of the batch's mean loss, and the loss/accuracy sums, accumulated over the microbatches."""
+    rng, step = jax.random.wrap_key_data(state['rng']), state['step']
+    ex = examples(batch, rng, step, jnp.arange(batch['tokens'].shape[0]))
+    normalizers = loss_normalizers(ex)
+
+    def loss_fn(params, batch, ex):
+      sums = loss_sums(params, batch, ex, rng, step, train=True)
+      return sum(sums[k] / normalizers[k] for k in normalizers), sums
+
+    grad_fn = jax.grad(loss_fn, has_aux=True)
+    if microbatches == 1:
+      return grad_fn(state['params'], batch, ex)
+    microbatches_kb = split_microbatches((batch, ex), microbatches)
+
+    def accumulate(carry, microbatch):
+      grads, sums = grad_fn(state['params'], *microbatch)
+      return jax.tree.map(jnp.add, carry, (grads, sums)), None
+
+    shapes = jax.eval_shape(grad_fn, state['params'], *jax.tree.map(lambda x: x[0], microbatches_kb))
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    return jax.lax.scan(accumulate, zeros, microbatches_kb)[0]
 
   def train_step(state: dict, batch: dict) -> tuple[dict, dict]:
-    rng = jax.random.wrap_key_data(state['rng'])
-
-    def loss_fn(params):
-      sums = loss_sums(params, batch, rng, state['step'], train=True)
-      return sums['loss_sum'] / jnp.maximum(sums['weight_sum'], 1.0), sums
-
-    (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
+    grads, sums = mean_grads(state, batch)
     updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
-    metrics = {'loss': loss, 'accuracy': sums['correct_sum'] / jnp.maximum(sums['weight_sum'], 1.0),
+    weight = jnp.maximum(sums['weight_sum'], 1.0)
+    metrics = {'loss': sums['loss_sum'] / weight, 'accuracy': sums['correct_sum'] / weight,
                'grad_norm': optax.tree_utils.tree_norm(grads), 'predicted_tokens': sums['weight_sum']}
+    if 'sentence_loss_sum' in sums:  # `loss` stays the MLM loss; the optimised loss adds sentence_loss
+      examples_count = jnp.maximum(sums['sentence_weight_sum'], 1.0)
+      metrics.update(sentence_loss=sums['sentence_loss_sum'] / examples_count,
+                     sentence_accuracy=sums['sentence_correct_sum'] / examples_count)
     new_state = {'step': state['step'] + 1, 'params': params, 'opt_state': opt_state, 'rng': state['rng']}
     return new_state, metrics
 
   def eval_step(params: dict, rng_data: jax.Array, batch: dict, batch_index: jax.Array) -> dict:
-    rng = jax.random.fold_in(jax.random.wrap_key_data(rng_data), batch_index)
-    return loss_sums(params, batch, rng, jnp.asarray(EVAL_STEP), train=False)
+    rng, step = jax.random.fold_in(jax.random.wrap_key_data(rng_data), batch_index), jnp.asarray(EVAL_STEP)
+    ex = examples(batch, rng, step, jnp.arange(batch['tokens'].shape[0]))
+    return loss_sums(params, batch, ex, rng, step, train=False)
 
-  return StepFunctions(train=train_step, eval=eval_step)
+  return StepFunctions(train=train_step, grads=mean_grads, eval=eval_step)
 
 
 def init_state(model: nnx.Module, optimizer: optax.GradientTransformation, seed: int) -> dict[str, Any]:

@@ -22,7 +22,7 @@ def _batch(batch=64, length=128, seed=0):
 
 def _mask(batch, step=0, seed=0):
   keys = objectives.example_keys(jax.random.key(seed), objectives.MASK_STREAM, jnp.asarray(step),
-                                 batch['tokens'].shape[0])
+                                 jnp.arange(batch['tokens'].shape[0]))
   return objectives.mlm(batch, keys, SETTINGS)
 
 

@@ -1,4 +1,7 @@
-"""Sharding: parameters laid out as the rules say on a (2, 2, 2) mesh; a sharded step equals one device's."""
+"""Sharding: parameters laid out as the rules say; data, fsdp, tensor and mixed meshes train exactly like one
+device; gradient accumulation equals one step on the whole batch."""
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -74,25 +77,52 @@ def test_every_parameter_is_sharded_as_the_rules_say():
   jax.tree.map(lambda m, p: m.sharding == p.sharding or pytest.fail('moment sharding differs'), adam_mu, params)
 
 
-@pytest.mark.parametrize('objective', ['mlm', 'clm'])
-def test_sharded_step_equals_single_device_step(objective):
-  config = _three_axis_config(objective)
-  config.model.dropout_rate = 0.1  # dropout draws must not depend on the layout either
-  results = []
-  for devices in (jax.devices()[:1], jax.devices()):
-    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = (1, 1, 1) if len(devices) == 1 else (2, 2, 2)
-    mesh = _mesh(config, devices)
-    trainer = _trainer(config, mesh)
-    with sharding.use_mesh_and_rules(mesh, config.sharding_rules):
-      state = trainer.init()
-      batch = sharding.global_batch_from_local(_batch(config), trainer.batch_sharding)
-      for _ in range(2):
-        state, metrics = trainer.train_step(state, batch)
-    results.append(jax.device_get((state['params'], metrics)))
-  (params_1, metrics_1), (params_8, metrics_8) = results
+def _run_steps(config, devices, steps=2):
+  """Gradients of the first step, then the metrics and parameters after `steps` steps, on `devices`."""
+  mesh = _mesh(config, devices)
+  trainer = _trainer(config, mesh)
+  with sharding.use_mesh_and_rules(mesh, config.sharding_rules):
+    state = trainer.init()
+    batch = sharding.global_batch_from_local(_batch(config), trainer.batch_sharding)
+    grads, _ = trainer.grads_step(state, batch)
+    grads = jax.device_get(grads)
+    for _ in range(steps):
+      state, metrics = trainer.train_step(state, batch)
+  return grads, jax.device_get(metrics), jax.device_get(state['params'])
+
+
+def _assert_same_training(reference, other):
+  (grads_a, metrics_a, params_a), (grads_b, metrics_b, params_b) = reference, other
   for key in ('loss', 'accuracy', 'grad_norm'):
-    np.testing.assert_allclose(metrics_1[key], metrics_8[key], rtol=2e-5, err_msg=key)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), params_1, params_8)
+    np.testing.assert_allclose(metrics_a[key], metrics_b[key], rtol=2e-5, err_msg=key)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grads_a, grads_b)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), params_a, params_b)
+
+
+# (data, fsdp, tensor) on 8 devices, or on 4 for pure tensor parallelism (the tiny test model has 4 heads).
+MESHES = {'data': (8, 1, 1), 'fsdp': (1, 8, 1), 'tensor': (1, 1, 4), 'data+fsdp+tensor': (2, 2, 2)}
+
+
+@pytest.mark.parametrize('objective,layout', [('mlm', name) for name in MESHES] + [('clm', 'data+fsdp+tensor')])
+def test_sharded_training_equals_one_device(objective, layout):
+  """Loss, gradients and the parameters after two steps do not depend on how the mesh splits the work."""
+  config = tiny_config(objective)
+  config.model.dropout_rate = 0.1  # dropout draws must not depend on the layout either
+  config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, 1, 1
+  reference = _run_steps(config, jax.devices()[:1])
+  config.mesh.data, config.mesh.fsdp, config.mesh.tensor = MESHES[layout]
+  _assert_same_training(reference, _run_steps(config, jax.devices()[:math.prod(MESHES[layout])]))
+
+
+@pytest.mark.parametrize('objective', ['mlm', 'clm'])
+def test_gradient_accumulation_equals_one_step_on_the_whole_batch(objective):
+  """k microbatches in the jitted step give the update of one step on the k-times larger batch."""
+  config = _three_axis_config(objective)
+  config.model.dropout_rate = 0.1  # masks and dropout are drawn per example, so they match too
+  config.train.batch_size = 16
+  reference = _run_steps(config, jax.devices())
+  config.train.microbatches = 4
+  _assert_same_training(reference, _run_steps(config, jax.devices()))
 
 
 @pytest.mark.parametrize('mesh_cfg,message', [

@@ -100,7 +100,10 @@ def _fails_before_compiling(monkeypatch, config, workdir, match):
 @pytest.mark.parametrize('overrides,match', [
     ({'model.num_heads': 3}, r'model\.num_heads: 3 does not divide model\.hidden_size 64'),
     ({'mesh.data': 3}, r'mesh: data\*fsdp\*tensor = 3\*1\*1 = 3 does not match the 8 available devices'),
-    ({'train.batch_size': 12}, r'train\.batch_size: 12 is not divisible by the data-parallel size 8'),
+    ({'train.batch_size': 12}, r'train\.batch_size: 12 / train\.microbatches 1 = 12 rows per microbatch is not '
+                               r'divisible by the data-parallel size 8'),
+    ({'train.microbatches': 3}, r'train\.microbatches: 3 does not divide train\.batch_size 8'),
+    ({'mlm.sentence_task': 'nxt'}, r'mlm\.sentence_task'),
     ({'data.source': 'hdfs:/corpus'}, r'data\.source'),
     ({'data.source': 'text:/nonexistent/*.txt'}, r'data\.source.*/nonexistent/\*\.txt'),
     ({'data.tokenizer': '/nonexistent/spm.model'}, r'data\.tokenizer.*/nonexistent/spm\.model'),

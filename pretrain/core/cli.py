@@ -22,12 +22,12 @@ def _last_line(text: str) -> str:
   return lines[-1] if lines else ''
 
 
-def parse_flags(argv: list[str]) -> list[str]:
+def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
   """An absl `flags_parser` for app.run: a bad flag, config file, config arg or override is one line, exit 2."""
   try:
-    remaining = flags.FLAGS(argv)
-    for name in flags.FLAGS:  # a config file that failed to load raises on first use: make that now
-      getattr(flags.FLAGS[name].value, 'keys', None)
+    remaining = flag_values(argv)
+    for name in flag_values:  # a config file that failed to load raises on first use: make that now
+      getattr(flag_values[name].value, 'keys', None)
     return remaining
   except flags.Error as e:
     first = str(e).splitlines()[0]
@@ -41,6 +41,17 @@ def parse_flags(argv: list[str]) -> list[str]:
     fail(f'--config: {text}')
 
 
+def load_config_file(config_arg: str, overrides: Sequence[str] = ()) -> Any:
+  """The locked ConfigDict of `--config FILE[:ARG]` with `--config.a.b=value` overrides applied, loaded as the
+  absl entry points load it (for argparse tools); a bad file, arg or override is one line, exit 2."""
+  argv = ['config', f'--config={config_arg}', *overrides]
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, 'Config file.', flag_values=flag_values, lock_config=True,
+                                  sys_argv=argv)
+  parse_flags(argv, flag_values)
+  return flag_values['config'].value
+
+
 def run_config_cli(config_example: str, workdir_help: str, run_function: str) -> None:
   """`python -m X --config FILE[:ARG] --workdir DIR [--config.a.b=v ...]`: calls run_function(config, workdir).
 
@@ -50,15 +61,22 @@ def run_config_cli(config_example: str, workdir_help: str, run_function: str) ->
                                            lock_config=True)
   workdir = flags.DEFINE_string('workdir', None, workdir_help)
   flags.mark_flags_as_required(['config', 'workdir'])
+  coordinator = flags.DEFINE_string('coordinator_address', '', 'Multi-process jobs: HOST:PORT of process 0 '
+                                    '(auto-detected on TPU pods and SLURM; give all three flags elsewhere).')
+  num_processes = flags.DEFINE_integer('num_processes', None, 'Multi-process jobs: the number of processes.')
+  process_id = flags.DEFINE_integer('process_id', None, 'Multi-process jobs: this process, 0..num_processes-1.')
 
   def main(argv):
     if len(argv) > 1:
       raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    from pretrain.core import distributed  # pylint: disable=g-import-not-at-top  # imports jax
     module, name = run_function.split(':')
     run = getattr(importlib.import_module(module), name)
     from pretrain.metrics_log import quiet_library_logs  # pylint: disable=g-import-not-at-top
     quiet_library_logs()
     try:
+      if distributed.initialize(coordinator.value, num_processes.value, process_id.value):
+        distributed.quiet_other_processes()
       run(config.value, workdir.value)
     except ConfigError as e:
       logging.flush()

@@ -7,14 +7,20 @@ Needs the `hf` extra (`tokenizers`); everything else in the project runs without
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Sequence
 
+import numpy as np
+
 from pretrain.core.errors import ConfigError, first_line, require
 from pretrain.core.files import write_atomic
+from pretrain.core.tokenizer import WHITESPACE_BYTE_PIECES
 
 KIND = 'hf_tokenizers'
 SPECIAL_ROLES = ('pad', 'unk', 'cls', 'sep', 'mask')
+# First characters of tokens that follow whitespace: byte-level BPE's space, newline, tab and CR; Metaspace's '▁'.
+_WHITESPACE_MARKS = ('Ġ', 'Ċ', 'ĉ', 'č', '▁')
 
 
 def import_tokenizers():
@@ -88,6 +94,24 @@ class HfTokenizer:
   def piece_to_id(self, piece: str) -> int:
     i = self._tok.token_to_id(piece)
     return self.unk_id if i is None else i
+
+  def word_starts(self) -> np.ndarray:
+    """bool [vocab_size]: token i begins a word. WordPiece: every token but '##' continuations; byte-level
+    BPE (and unigram): tokens starting with 'Ġ' (a space) or another whitespace mark (_WHITESPACE_MARKS) or
+    character, and whitespace byte-fallback tokens (as Tokenizer.word_starts); special tokens always."""
+    model = json.loads(self._json).get('model', {})
+    if model.get('type') == 'WordPiece':
+      prefix = model.get('continuing_subword_prefix') or '##'
+      begins = lambda token: not token.startswith(prefix)
+    else:
+      begins = lambda token: (token.startswith(_WHITESPACE_MARKS) or token[:1].isspace()
+                              or token in WHITESPACE_BYTE_PIECES)
+    starts = np.zeros(self.vocab_size, bool)
+    for token, i in self._tok.get_vocab(with_added_tokens=True).items():
+      starts[i] = begins(token)
+    special = [i for i, added in self._tok.get_added_tokens_decoder().items() if added.special]
+    starts[special + list(self.special_ids)] = True
+    return starts
 
   def __getstate__(self) -> dict:
     return {'json': self._json, 'special': self.special, 'name': self._name}

@@ -20,16 +20,29 @@ def param(rngs: nnx.Rngs, init, shape: tuple[int, ...], names: tuple[str, ...]) 
     return nnx.Param(nnx.with_partitioning(init, names)(rngs.params(), shape, jnp.float32))
 
 
+def split_key(key: jax.Array, num: int) -> jax.Array:
+  """jax.random.split for one key, or for per-example keys [batch] (-> [num, batch])."""
+  if key.ndim == 0:
+    return jax.random.split(key, num)
+  return jax.vmap(lambda k: jax.random.split(k, num), out_axes=1)(key)
+
+
 def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
   """Inverted dropout; identity when key is None (evaluation) or rate is 0.
 
+  key: one key, or one key per example ([batch], x's leading axis): then an example's mask depends on its own
+  key only, not on how the batch is split into microbatches or devices.
   Draws 16 random bits per element (half the cost of a float uniform on CPU); the keep probability is
   threshold / 2**16, and the scale uses that exact probability so the expectation is unchanged.
   """
   if key is None or rate == 0.0:
     return x
   threshold = max(1, round((1.0 - rate) * 2**16))
-  keep = jax.random.bits(key, x.shape, jnp.uint16) < jnp.uint16(threshold) if threshold < 2**16 else True
+  if key.ndim == 0:
+    bits = jax.random.bits(key, x.shape, jnp.uint16)
+  else:
+    bits = jax.vmap(lambda k: jax.random.bits(k, x.shape[1:], jnp.uint16))(key)
+  keep = bits < jnp.uint16(threshold) if threshold < 2**16 else True
   return jnp.where(keep, x * (2**16 / threshold), 0.0).astype(x.dtype)
 
 
@@ -138,7 +151,7 @@ class Block(nnx.Module):
     self.mlp_norm = LayerNorm(cfg, rngs)
 
   def __call__(self, x_btd: jax.Array, mask_b1tt: jax.Array, dropout_key: jax.Array | None) -> jax.Array:
-    keys = jax.random.split(dropout_key, 3) if dropout_key is not None else (None, None, None)
+    keys = split_key(dropout_key, 3) if dropout_key is not None else (None, None, None)
     rate = self.cfg.dropout_rate
     if self.cfg.pre_layer_norm:
       x_btd = x_btd + dropout(self.attention(self.attention_norm(x_btd), mask_b1tt, keys[0]), rate, keys[1])

@@ -28,6 +28,9 @@ class ModelConfig:
   initializer_range: float = 0.02
   dtype: str = 'float32'
   remat_policy: str = 'none'
+  # A next-sentence / sentence-order head on the pooler: set by pretrain.config_checks.validate from
+  # mlm.sentence_task (config.model has no such field).
+  sentence_head: bool = False
 
   @property
   def causal(self) -> bool:

@@ -18,6 +18,7 @@ import os
 import random
 from collections.abc import Iterable, Iterator, Sequence
 
+import numpy as np
 import sentencepiece as spm
 
 from pretrain.core.errors import ConfigError, first_line
@@ -31,6 +32,8 @@ _MAX_SENTENCE_CHARS = 4096  # the trainer silently drops sentences over max_sent
 # The trained model depends on the trainer's thread count (not on the machine): fixed, so every host of a
 # multi-host job, whatever its core count, trains the identical tokenizer.
 _TRAIN_THREADS = 8
+# Byte-fallback pieces of whitespace: like '▁', they open the word that follows (see Tokenizer.word_starts).
+WHITESPACE_BYTE_PIECES = frozenset(f'<0x{b:02X}>' for b in b' \t\n\r\x0b\x0c')
 
 
 class Tokenizer:
@@ -99,6 +102,27 @@ class Tokenizer:
 
   def piece_to_id(self, piece: str) -> int:
     return self._sp.piece_to_id(piece)
+
+  def word_starts(self) -> np.ndarray:
+    """bool [vocab_size]: piece i begins a word (whole-word masking groups a word's pieces).
+
+    Begins a word: a piece starting with '▁' (a space; whitespace-only pieces included) or another whitespace
+    character, a whitespace byte piece (<0x0A> newline, <0x09> tab, ...: it opens the next word as '▁' does),
+    and special pieces. Every other
+    byte-fallback piece (<0xE2>: a UTF-8 byte of a character outside the vocabulary) continues the word before
+    it. Models trained here add no dummy prefix, so a text's first word has no '▁': objectives.mlm also starts a
+    word after every special token.
+    """
+    sp = self._sp
+
+    def begins(i: int) -> bool:
+      piece = sp.id_to_piece(i)
+      return (piece.startswith('▁') or piece[:1].isspace() or piece in WHITESPACE_BYTE_PIECES or sp.is_control(i)
+              or sp.is_unknown(i))
+
+    starts = np.array([begins(i) for i in range(self.vocab_size)], bool)
+    starts[list(self.special_ids)] = True
+    return starts
 
   def __getstate__(self) -> dict:
     return {'proto': self._proto, 'name': self._name}

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pretrain.core.layers import Block, Dense, LayerNorm, attention_mask, dropout, param
+from pretrain.core.layers import Block, Dense, LayerNorm, attention_mask, dropout, param, split_key
 from pretrain.core.model_config import ModelConfig
 from pretrain.core.sharding import constrain
 
@@ -50,7 +50,8 @@ class Transformer(nnx.Module):
                positions: jax.Array | None = None, token_type_ids: jax.Array | None = None,
                dropout_key: jax.Array | None = None) -> jax.Array:
     """segment_ids: 1, 2, ... per packed document, 0 = padding (default: one segment, no padding).
-    positions: per-token positions (default 0..length-1). dropout_key None means deterministic."""
+    positions: per-token positions (default 0..length-1). dropout_key: one key, or one per example
+    [batch]; None means deterministic."""
     cfg = self.cfg
     batch, length = tokens_bt.shape
     if segment_ids is None:
@@ -59,7 +60,7 @@ class Transformer(nnx.Module):
       positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
     if token_type_ids is None:
       token_type_ids = jnp.zeros((batch, length), jnp.int32)
-    embed_key, layers_key = jax.random.split(dropout_key) if dropout_key is not None else (None, None)
+    embed_key, layers_key = split_key(dropout_key, 2) if dropout_key is not None else (None, None)
 
     x_btd = self.embed(tokens_bt, positions, token_type_ids)
     if self.embed_norm is not None:
@@ -68,7 +69,7 @@ class Transformer(nnx.Module):
     x_btd = constrain(x_btd, ('batch', 'length', 'act_embed'))
     mask_b1tt = attention_mask(segment_ids, cfg.causal)
 
-    layer_keys = jax.random.split(layers_key, cfg.num_layers) if layers_key is not None else None
+    layer_keys = split_key(layers_key, cfg.num_layers) if layers_key is not None else None
 
     def apply_block(x, block, key):
       return block(x, mask_b1tt, key)

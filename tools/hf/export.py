@@ -1,28 +1,35 @@
 """Our checkpoint -> a Hugging Face model directory that `transformers` (PyTorch) loads offline.
 
   bert LanguageModel           -> BertForMaskedLM (the pooler is stored too, for sequence classification)
+  bert with a sentence head    -> BertForPreTraining (mlm.sentence_task nsp or sop: cls.seq_relationship)
   gpt2 LanguageModel           -> GPT2LMHeadModel
   fine-tuned bert (pooling auto) -> BertForSequenceClassification (id2label from the task)
 
 Written: config.json, model.safetensors, tokenizer files. Everything goes to a temporary directory beside
 --out that is renamed into place when complete, so a crash never leaves a directory that looks finished.
 """
+import dataclasses
 import json
 
+import jax
 import numpy as np
+from flax import nnx
 from safetensors.numpy import save_file
 
+from pretrain.core import checkpoint as checkpoint_lib
 from pretrain.core.errors import require
 from pretrain.core.files import atomic_directory, check_output_dir
 from tools import checkpoint_model
 from tools.hf import configs, mapping, tokenizer_files
+
+PRETRAINING = 'BertForPreTraining'  # MLM head + next-sentence head
 
 
 def tables(variant: str, classifier: bool) -> list[tuple[list[mapping.Rule], str]]:
   """(rules, HF name prefix) for a model of ours."""
   if variant == 'gpt2':
     return [(mapping.GPT2_ENCODER, 'transformer.')]
-  head = mapping.BERT_CLASSIFIER_HEAD if classifier else mapping.BERT_MLM_HEAD
+  head = mapping.BERT_CLASSIFIER_HEAD if classifier else mapping.BERT_MLM_HEAD + mapping.BERT_SENTENCE_HEAD
   return [(mapping.BERT_ENCODER + mapping.BERT_POOLER, 'bert.'), (head, '')]
 
 
@@ -41,6 +48,7 @@ def hf_tensors(loaded: checkpoint_model.LoadedCheckpoint) -> tuple[dict[str, np.
             f"--checkpoint: a fine-tuned {cfg.variant} model with pooling '{classifier['pooling']}' has no "
             'Hugging Face class; only bert with pooling auto exports (as BertForSequenceClassification)')
   architecture = (configs.SEQUENCE_CLASSIFICATION if classifier else configs.MASKED_LM)[cfg.variant]
+  architecture = PRETRAINING if cfg.sentence_head else architecture
   flat = {k: np.asarray(v) for k, v in checkpoint_model.flatten(loaded.params).items()}
   tensors = {}
   for rules, prefix in tables(cfg.variant, classifier is not None):
@@ -51,10 +59,24 @@ def hf_tensors(loaded: checkpoint_model.LoadedCheckpoint) -> tuple[dict[str, np.
   return {k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}, architecture
 
 
+def with_sentence_head(loaded: checkpoint_model.LoadedCheckpoint) -> checkpoint_model.LoadedCheckpoint:
+  """A pretraining checkpoint of mlm.sentence_task nsp or sop, reloaded with its sentence head (which
+  checkpoint_model, building the model from config.model alone, leaves out); others unchanged."""
+  if loaded.classifier is not None or loaded.meta['config'].get('mlm', {}).get('sentence_task', 'none') == 'none':
+    return loaded
+  model_cfg = dataclasses.replace(loaded.model_cfg, sentence_head=True)
+  model = nnx.eval_shape(lambda: checkpoint_model.model_builder(model_cfg, None)(0))
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+                          nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+  return dataclasses.replace(loaded, model_cfg=model_cfg,
+                             params=checkpoint_lib.restore_params(loaded.step_dir, abstract))
+
+
 def export(checkpoint: str, out: str) -> dict:
   """Writes the HF directory `out`; returns a summary (architecture, tensors, parameters)."""
   check_output_dir(out)
-  loaded = checkpoint_model.load(checkpoint)
+  loaded = with_sentence_head(checkpoint_model.load(checkpoint))
   tensors, architecture = hf_tensors(loaded)
   tok = loaded.tokenizer
   require(tok.vocab_size <= loaded.model_cfg.vocab_size,

@@ -126,6 +126,8 @@ BERT_MLM_HEAD = [
     Rule('cls.predictions.bias', ('mlm_head/bias',)),
 ]
 BERT_CLASSIFIER_HEAD = dense('classifier', 'head')
+# BertForPreTraining's next-sentence head (our nsp / sop head; 2 classes on the pooled [CLS]).
+BERT_SENTENCE_HEAD = dense('cls.seq_relationship', 'sentence_head')
 
 GPT2_ENCODER = [
     Rule('wte.weight', ('encoder/token_embed',)),

@@ -1,0 +1,111 @@
+"""Two real processes on 127.0.0.1 (jax.distributed, CPU collectives) train exactly like one process, and
+checkpoints move between 2-process and 1-process runs onto other meshes."""
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+STEPS = 6
+MODEL_ARGS = ['--config', 'configs/pretrain_mlm.py:size=tiny', '--config.model.num_layers=2',
+              '--config.model.hidden_size=64', '--config.model.num_heads=4', '--config.model.mlp_dim=128',
+              '--config.model.vocab_size=400', '--config.data.seq_len=32', '--config.train.batch_size=8',
+              f'--config.train.steps={STEPS}', '--config.train.warmup_steps=2', '--config.train.log_every=1',
+              '--config.train.eval_every=3', '--config.train.eval_batches=2', '--config.train.checkpoint_every=3']
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _mesh_args(data, fsdp, tensor):
+  return [f'--config.mesh.data={data}', f'--config.mesh.fsdp={fsdp}', f'--config.mesh.tensor={tensor}']
+
+
+def _train(workdir, processes, mesh, *extra, slurm=False):
+  """`python -m pretrain` as `processes` processes of 4 / processes CPU devices each (4 devices in all).
+
+  The processes find each other through the three cluster flags, or (slurm=True) through the environment
+  variables srun sets, which jax.distributed auto-detects.
+  """
+  devices = 4 // processes
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices} '
+                       '--xla_cpu_collective_call_terminate_timeout_seconds=600 --xla_cpu_collective_timeout_seconds=600')
+  port = _free_port()
+  procs = []
+  for i in range(processes):
+    cluster = []
+    if processes > 1 and slurm:
+      env.update(SLURM_JOB_ID='4242', SLURM_STEP_NODELIST='127.0.0.1', SLURM_NTASKS=str(processes),
+                 SLURM_PROCID=str(i), SLURM_LOCALID=str(i), JAX_COORDINATOR_PORT=str(port))
+    elif processes > 1:
+      cluster = ['--coordinator_address', f'127.0.0.1:{port}', '--num_processes', str(processes),
+                 '--process_id', str(i)]
+    procs.append(subprocess.Popen(
+        [sys.executable, '-m', 'pretrain', *MODEL_ARGS, '--workdir', str(workdir), *_mesh_args(*mesh), *cluster,
+         *extra], cwd=ROOT, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  try:
+    outputs = [proc.communicate(timeout=600)[1] for proc in procs]
+  finally:
+    for proc in procs:
+      if proc.poll() is None:
+        proc.kill()
+  for proc, err in zip(procs, outputs):
+    assert proc.returncode == 0, err[-3000:]
+  return outputs
+
+
+def _records(workdir, key):
+  lines = [json.loads(line) for line in (pathlib.Path(workdir) / 'metrics.jsonl').read_text().splitlines()]
+  return {r['step']: r[key] for r in lines if key in r}
+
+
+@pytest.fixture(scope='module')
+def one_process_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('one')
+  _train(workdir, 1, (4, 1, 1))
+  return workdir
+
+
+def _assert_same_losses(workdir, reference):
+  for key in ('loss', 'eval_loss'):
+    got, want = _records(workdir, key), _records(reference, key)
+    assert sorted(got) == sorted(want), key
+    np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)], rtol=1e-5, err_msg=key)
+
+
+def test_two_processes_train_like_one_and_hand_over_to_one_process_on_another_mesh(tmp_path, one_process_run):
+  outputs = _train(tmp_path, 2, (4, 1, 1), f'--config.train.stop_at_step={STEPS // 2}')
+  assert f'step {STEPS // 2}/{STEPS} | loss' in outputs[0]
+  assert '| loss' not in outputs[1]  # progress lines come from process 0 only
+  assert sorted(_records(tmp_path, 'loss')) == list(range(1, STEPS // 2 + 1))  # one line per step, not two
+  # The 2-process checkpoint, resumed by one process with fsdp and tensor parallelism.
+  outputs = _train(tmp_path, 1, (1, 2, 2))
+  assert 'resumed from' in outputs[0]
+  _assert_same_losses(tmp_path, one_process_run)
+
+
+def test_one_process_checkpoint_resumes_in_two_slurm_processes_on_another_mesh(tmp_path, one_process_run):
+  _train(tmp_path, 1, (4, 1, 1), f'--config.train.stop_at_step={STEPS // 2}')
+  outputs = _train(tmp_path, 2, (2, 2, 1), slurm=True)  # started as srun would: auto-detected, no flags
+  assert 'auto-detected SlurmCluster' in outputs[0] and 'process 0 of 2' in outputs[0]
+  assert 'resumed from' in outputs[0]
+  _assert_same_losses(tmp_path, one_process_run)
+
+
+def test_incomplete_cluster_flags_name_the_missing_flag(tmp_path):
+  result = subprocess.run([sys.executable, '-m', 'pretrain', *MODEL_ARGS, '--workdir', str(tmp_path),
+                           '--num_processes', '2', '--process_id', '0'], cwd=ROOT, capture_output=True, text=True,
+                          env=dict(os.environ, JAX_PLATFORMS='cpu'), timeout=300)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1] == (
+      'error: --coordinator_address: needed with --num_processes, --process_id (give all three, or none to '
+      'auto-detect)')

@@ -1,0 +1,92 @@
+"""tools.plan: the memory a train step needs per device, planned from the real trainer before any launch."""
+import json
+import pathlib
+
+import jax
+import pytest
+from flax import nnx
+
+from pretrain.config_checks import validate
+from pretrain.core import flops, sharding
+from pretrain.heads import LanguageModel
+from tests.helpers import tiny_config
+from tools import plan
+from tools.plan_mesh import compile_step, compiled_memory, plan_candidates, plan_mesh, suggest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+MLM_CONFIG = str(ROOT / 'configs' / 'pretrain_mlm.py') + ':size=tiny'
+# configs/pretrain_mlm.py:size=tiny shrunk as tests.helpers.tiny_config shrinks it
+TINY_OVERRIDES = ['--config.model.num_layers=2', '--config.model.hidden_size=64', '--config.model.mlp_dim=128',
+                  '--config.model.vocab_size=512', '--config.model.max_position_embeddings=64',
+                  '--config.data.seq_len=32', '--config.train.batch_size=8']
+
+
+def _bytes_on(tree, device) -> int:
+  return sum(shard.data.nbytes for leaf in jax.tree.leaves(tree) for shard in leaf.addressable_shards
+             if shard.device == device)
+
+
+@pytest.mark.parametrize('objective', ['mlm', 'clm'])
+def test_planned_state_is_the_real_states_and_the_total_is_near_the_compiled_steps(objective):
+  config = tiny_config(objective)
+  model_cfg = validate(config)
+  planned = plan_mesh(config, model_cfg, {'data': 2, 'fsdp': 2, 'tensor': 2}, jax.devices())
+  with sharding.use_mesh_and_rules(planned.mesh, planned.rules):
+    state = planned.trainer.init()
+  for device in jax.devices():
+    assert _bytes_on(state['params'], device) == planned.estimate.params
+    assert _bytes_on({k: v for k, v in state.items() if k != 'params'}, device) == planned.estimate.optimizer
+  compiled = compiled_memory(compile_step(planned)[0])
+  estimate = planned.estimate
+  assert compiled['argument'] == estimate.params + estimate.optimizer + estimate.batch
+  assert abs(estimate.total - compiled['total']) <= 0.2 * compiled['total'], (estimate, compiled)
+
+
+def test_suggestion_is_pure_data_parallel_if_it_fits_then_the_least_fsdp():
+  config = tiny_config('clm')
+  plans, _ = plan_candidates(config, validate(config), jax.devices())
+  data_parallel = plans[0]
+  assert data_parallel.shape == {'data': 8, 'fsdp': 1, 'tensor': 1}
+  assert suggest(plans, data_parallel.estimate.total) == (data_parallel, True)
+  # A chip a byte too small for pure data parallelism: fsdp over 2 devices, before any tensor parallelism.
+  choice, fits = suggest(plans, data_parallel.estimate.total - 1)
+  assert fits and choice.shape == {'data': 4, 'fsdp': 2, 'tensor': 1}
+  choice, fits = suggest(plans, 1)
+  assert not fits and choice.estimate.total == min(p.estimate.total for p in plans)
+
+
+def test_cli_on_another_device_count_suggests_a_mesh_and_ends_with_a_json_line(capfd):
+  # The test session has 8 devices: planning for 4 reruns the tool in a subprocess.
+  assert plan.main(['--config', MLM_CONFIG, '--devices', '4', '--accelerator', 'v5e', *TINY_OVERRIDES]) == 0
+  out = capfd.readouterr().out
+  assert 'suggested mesh' in out and '--config.mesh.data=4 --config.mesh.fsdp=1 --config.mesh.tensor=1' in out
+  figures = json.loads(out.strip().splitlines()[-1])
+  assert figures['devices'] == 4 and figures['mesh'] == {'data': 4, 'fsdp': 1, 'tensor': 1}
+  assert figures['mesh_source'] == 'suggested'
+  assert figures['fits']['v5e']['planned'] and figures['fits']['v5e']['compiled']
+  model_cfg = validate(tiny_config('mlm'))
+  model = nnx.eval_shape(lambda: LanguageModel(model_cfg, nnx.Rngs(0)))
+  assert figures['params'] == sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  assert figures['flops_per_token'] == flops.train_flops_per_token(model_cfg, 32, 'mlm', 0.15)
+  compiled = figures['compiled_bytes_per_device']
+  assert compiled['total'] == compiled['argument'] + compiled['output'] - compiled['alias'] + compiled['temp']
+  assert 0 < figures['bytes_per_device']['total'] and figures['compile_s'] > 0
+
+
+@pytest.mark.parametrize('extra,message', [
+    (['--config.mesh.data=3'], 'error: mesh: data*fsdp*tensor = 3*1*1 = 3 does not match the 8 available devices'),
+    (['--config.model.hiden_size=3'], 'error: --config: no config field hiden_size'),
+    (['--config.mesh.data=8', '--config.train.batch_size=12'], 'error: train.batch_size: 12 / train.microbatches 1'),
+    (['--config.train.batch_size=7'], 'error: train.batch_size: 7 / train.microbatches 1 = 7 rows per microbatch is '
+     'not divisible by any data-parallel size (mesh.data * mesh.fsdp) of 8 devices: [2, 4, 8]'),
+    (['--config.model.num_heads=3'], 'error: model.num_heads: 3 does not divide model.hidden_size'),
+    (['--accelerator', 'tpu9'], "error: --accelerator: unknown accelerator 'tpu9'"),
+])
+def test_bad_input_is_one_line_naming_the_field_and_exit_2(capsys, extra, message):
+  try:
+    code = plan.main(['--config', MLM_CONFIG, '--devices', '8', *TINY_OVERRIDES, *extra])
+  except SystemExit as e:  # config file and override errors exit from absl's flag parsing
+    code = e.code
+  err = capsys.readouterr().err
+  assert code == 2
+  assert err.strip().splitlines() == [err.strip()] and err.startswith(message), err
