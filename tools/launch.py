@@ -27,7 +27,8 @@ from pretrain.core.cli import tool_main
 from pretrain.core.errors import require
 from pretrain.core.files import write_atomic
 from tools import launch_slurm, launch_tpu
-from tools.launch_check import check_fit, check_workdir, config_file, load_config, parse_env
+from pretrain.core.config_files import config_file, load_config
+from tools.launch_check import check_fit, check_workdir, parse_env
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -38,7 +38,8 @@ import sys
 from collections.abc import Sequence
 
 from pretrain.core import accelerators
-from pretrain.core.cli import load_config_file, tool_main
+from pretrain.core.cli import tool_main
+from pretrain.core.config_files import load_config
 from pretrain.core.errors import require
 
 GIB = 2**30
@@ -200,7 +201,7 @@ def run(args: argparse.Namespace) -> dict:
   target = accelerators.get_accelerator(args.accelerator) if args.accelerator else min(
       accelerators.ACCELERATORS.values(), key=lambda a: a.usable_bytes(args.usable_fraction))
   usable = target.usable_bytes(args.usable_fraction)
-  config = load_config_file(args.config, args.overrides)
+  config = load_config(args.config, args.overrides)
   import jax  # pylint: disable=g-import-not-at-top  # only now: the fake devices are set up
   from pretrain.config_checks import validate  # pylint: disable=g-import-not-at-top
   from tools.plan_mesh import compile_step, compiled_memory  # pylint: disable=g-import-not-at-top

@@ -22,12 +22,12 @@ def _last_line(text: str) -> str:
   return lines[-1] if lines else ''
 
 
-def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
+def parse_flags(argv: list[str]) -> list[str]:
   """An absl `flags_parser` for app.run: a bad flag, config file, config arg or override is one line, exit 2."""
   try:
-    remaining = flag_values(argv)
-    for name in flag_values:  # a config file that failed to load raises on first use: make that now
-      getattr(flag_values[name].value, 'keys', None)
+    remaining = flags.FLAGS(argv)
+    for name in flags.FLAGS:  # a config file that failed to load raises on first use: make that now
+      getattr(flags.FLAGS[name].value, 'keys', None)
     return remaining
   except flags.Error as e:
     first = str(e).splitlines()[0]
@@ -39,17 +39,6 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
     text = ' '.join(str(e).replace('\\n', ' ').split()).strip('\'"')
     text = re.sub(r"^'([^']+)' ", r'no config field \1: ', text.replace("\\'", "'"))
     fail(f'--config: {text}')
-
-
-def load_config_file(config_arg: str, overrides: Sequence[str] = ()) -> Any:
-  """The locked ConfigDict of `--config FILE[:ARG]` with `--config.a.b=value` overrides applied, loaded as the
-  absl entry points load it (for argparse tools); a bad file, arg or override is one line, exit 2."""
-  argv = ['config', f'--config={config_arg}', *overrides]
-  flag_values = flags.FlagValues()
-  config_flags.DEFINE_config_file('config', None, 'Config file.', flag_values=flag_values, lock_config=True,
-                                  sys_argv=argv)
-  parse_flags(argv, flag_values)
-  return flag_values['config'].value
 
 
 def run_config_cli(config_example: str, workdir_help: str, run_function: str) -> None:
