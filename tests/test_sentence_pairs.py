@@ -176,12 +176,11 @@ def test_export_as_bert_for_pretraining_matches_transformers(runs, tmp_path):
   torch = pytest.importorskip('torch')
   transformers = pytest.importorskip('transformers')
   from tools import checkpoint_model, convert_checkpoint  # pylint: disable=import-outside-toplevel
-  from tools.hf import export  # pylint: disable=import-outside-toplevel
   workdir = runs('sop')
   assert convert_checkpoint.main(['to-hf', '--checkpoint', str(workdir), '--out', str(tmp_path / 'hf'),
                                   '--verify']) == 0
   reference = transformers.BertForPreTraining.from_pretrained(tmp_path / 'hf').eval()
-  loaded = export.with_sentence_head(checkpoint_model.load(str(workdir)))
+  loaded = checkpoint_model.load(str(workdir))
   ids = np.random.default_rng(0).integers(5, loaded.tokenizer.vocab_size, (2, 24))
   types = np.tile((np.arange(24) >= 10).astype(np.int64), (2, 1))
   with torch.no_grad():
@@ -189,19 +188,17 @@ def test_export_as_bert_for_pretraining_matches_transformers(runs, tmp_path):
   logits, sentence_logits = loaded.build().pretraining_logits(ids, token_type_ids=types)
   np.testing.assert_allclose(np.asarray(logits), out.prediction_logits.numpy(), atol=1e-4)
   np.testing.assert_allclose(np.asarray(sentence_logits), out.seq_relationship_logits.numpy(), atol=1e-4)
-  # The tools that build the model from config.model alone still load it (without the sentence head).
-  assert 'sentence_head' not in checkpoint_model.load(str(workdir)).params
+  assert 'sentence_head' in loaded.params  # the tools load the whole pretraining model
 
 
 def test_continued_pretraining_from_an_mlm_only_checkpoint_adds_a_fresh_sentence_head(tmp_path):
   from tools import checkpoint_model  # pylint: disable=import-outside-toplevel
-  from tools.hf import export  # pylint: disable=import-outside-toplevel
   before = checkpoint_model.load(str(pretrain_checkpoint(tmp_path / 'mlm', 'mlm', steps=1)))
   config = _config('nsp', steps=1)
   config.init_checkpoint = str(tmp_path / 'mlm')
   config.train.warmup_steps, config.train.eval_batches = 1, 1
   train.run(config, str(tmp_path / 'nsp'))
-  after = export.with_sentence_head(checkpoint_model.load(str(tmp_path / 'nsp')))
+  after = checkpoint_model.load(str(tmp_path / 'nsp'))
   assert after.params['sentence_head']['kernel'].shape == (config.model.hidden_size, 2)
   # One step at learning rate 0 (the first warmup step): every pretrained weight is as it was.
   jax.tree.map(np.testing.assert_array_equal, before.params, {k: after.params[k] for k in before.params})

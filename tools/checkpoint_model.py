@@ -1,7 +1,8 @@
 """Any checkpoint of this project -> its model, tokenizer and parameters on one device, for the tools.
 
-Pretraining checkpoints and imported ones hold a LanguageModel ({'encoder', 'mlm_head'}); fine-tuned ones
-a Classifier ({'encoder', 'head'}), described by the meta item's 'classifier' entry.
+Pretraining checkpoints and imported ones hold a LanguageModel ({'encoder', 'mlm_head'}, and 'sentence_head' with
+mlm.sentence_task nsp or sop); fine-tuned ones a Classifier ({'encoder', 'head'}), described by the meta item's
+'classifier' entry.
 """
 import dataclasses
 from typing import Any
@@ -42,6 +43,9 @@ def load(checkpoint: str, field: str = '--checkpoint') -> LoadedCheckpoint:
   step_dir, meta = checkpoint_lib.read_checked_meta(checkpoint, field)
   model_cfg = ModelConfig.from_config(meta['config']['model'])
   classifier = meta.get('classifier')
+  if classifier is None:  # a pretraining checkpoint of mlm.sentence_task nsp or sop also holds the sentence head
+    sentence_task = meta['config'].get('mlm', {}).get('sentence_task', 'none')
+    model_cfg = dataclasses.replace(model_cfg, sentence_head=sentence_task != 'none')
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   abstract = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: model_builder(model_cfg, classifier)(0)), nnx.Param))
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)

@@ -8,15 +8,11 @@
 Written: config.json, model.safetensors, tokenizer files. Everything goes to a temporary directory beside
 --out that is renamed into place when complete, so a crash never leaves a directory that looks finished.
 """
-import dataclasses
 import json
 
-import jax
 import numpy as np
-from flax import nnx
 from safetensors.numpy import save_file
 
-from pretrain.core import checkpoint as checkpoint_lib
 from pretrain.core.errors import require
 from pretrain.core.files import atomic_directory, check_output_dir
 from tools import checkpoint_model
@@ -59,24 +55,10 @@ def hf_tensors(loaded: checkpoint_model.LoadedCheckpoint) -> tuple[dict[str, np.
   return {k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}, architecture
 
 
-def with_sentence_head(loaded: checkpoint_model.LoadedCheckpoint) -> checkpoint_model.LoadedCheckpoint:
-  """A pretraining checkpoint of mlm.sentence_task nsp or sop, reloaded with its sentence head (which
-  checkpoint_model, building the model from config.model alone, leaves out); others unchanged."""
-  if loaded.classifier is not None or loaded.meta['config'].get('mlm', {}).get('sentence_task', 'none') == 'none':
-    return loaded
-  model_cfg = dataclasses.replace(loaded.model_cfg, sentence_head=True)
-  model = nnx.eval_shape(lambda: checkpoint_model.model_builder(model_cfg, None)(0))
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-                          nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-  return dataclasses.replace(loaded, model_cfg=model_cfg,
-                             params=checkpoint_lib.restore_params(loaded.step_dir, abstract))
-
-
 def export(checkpoint: str, out: str) -> dict:
   """Writes the HF directory `out`; returns a summary (architecture, tensors, parameters)."""
   check_output_dir(out)
-  loaded = with_sentence_head(checkpoint_model.load(checkpoint))
+  loaded = checkpoint_model.load(checkpoint)
   tensors, architecture = hf_tensors(loaded)
   tok = loaded.tokenizer
   require(tok.vocab_size <= loaded.model_cfg.vocab_size,
