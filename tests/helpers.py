@@ -1,5 +1,8 @@
-"""Small configs shared by the tests."""
+"""Small configs and checks shared by the tests."""
+import pytest
+
 from configs import pretrain_clm, pretrain_mlm
+from pretrain.core.errors import ConfigError
 from pretrain.core.model_config import ModelConfig
 
 
@@ -22,3 +25,12 @@ def tiny_config(objective: str = 'mlm', **model_overrides):
 
 def tiny_model_config(objective: str = 'mlm', **overrides) -> ModelConfig:
   return ModelConfig.from_config(tiny_config(objective, **overrides).model)
+
+
+def build_data_error(config, **kwargs) -> str:
+  """The one-line ConfigError that pretrain.data.build_data(config, **kwargs) raises."""
+  from pretrain.data import build_data  # pylint: disable=import-outside-toplevel
+  with pytest.raises(ConfigError) as e:
+    build_data(config, **kwargs)
+  assert '\n' not in str(e.value)
+  return str(e.value)

@@ -12,6 +12,7 @@ from pretrain import sources
 from pretrain.core.errors import ConfigError
 from pretrain.core.tokenizer import Tokenizer, train_sentencepiece
 from pretrain.data import DataPipeline, build_data, features
+from tests.helpers import build_data_error
 
 SEQ_LEN = 64
 BATCH = 8
@@ -231,34 +232,28 @@ def test_default_source_end_to_end():
   assert batch['tokens'].shape == (BATCH, SEQ_LEN) and batch['tokens'].max() < 1000
 
 
-def _error(config, **kwargs) -> str:
-  with pytest.raises(ConfigError) as e:
-    build_data(config, **kwargs)
-  assert '\n' not in str(e.value)
-  return str(e.value)
-
 
 def test_config_errors_name_the_field(config, tmp_path, tokenizer_path):
   source = config.data.source
-  assert _error(make_config(source, tmp_path / 'nope.model')).startswith('data.tokenizer: no such file')
-  msg = _error(make_config(source, tokenizer_path, model__vocab_size=300))
+  assert build_data_error(make_config(source, tmp_path / 'nope.model')).startswith('data.tokenizer: no such file')
+  msg = build_data_error(make_config(source, tokenizer_path, model__vocab_size=300))
   assert msg.startswith('data.tokenizer:') and 'model.vocab_size 300' in msg
-  msg = _error(make_config(source, tokenizer_path, train__batch_size=6), process_count=4)
+  msg = build_data_error(make_config(source, tokenizer_path, train__batch_size=6), process_count=4)
   assert msg == 'train.batch_size: 6 is not divisible by the process count 4'
-  msg = _error(make_config(source, tokenizer_path, train__batch_size=100_000))
+  msg = build_data_error(make_config(source, tokenizer_path, train__batch_size=100_000))
   assert msg.startswith('train.batch_size: 100000 exceeds') and 'data.source' in msg
-  assert _error(make_config('web:example.com')).startswith('data.source: unknown source')
-  assert _error(make_config(f'jsonl:{tmp_path}/*.jsonl')).startswith('data.source: no files match')
-  assert _error(make_config(source, tokenizer_path, data__eval_fraction=1.0)).startswith('data.eval_fraction')
-  assert _error(make_config(source, tokenizer_path, data__seq_len=1)).startswith('data.seq_len')
+  assert build_data_error(make_config('web:example.com')).startswith('data.source: unknown source')
+  assert build_data_error(make_config(f'jsonl:{tmp_path}/*.jsonl')).startswith('data.source: no files match')
+  assert build_data_error(make_config(source, tokenizer_path, data__eval_fraction=1.0)).startswith('data.eval_fraction')
+  assert build_data_error(make_config(source, tokenizer_path, data__seq_len=1)).startswith('data.seq_len')
   del_config = make_config(source, tokenizer_path)
   del del_config.data['num_workers']
-  assert _error(del_config) == 'data.num_workers: missing from the config'
+  assert build_data_error(del_config) == 'data.num_workers: missing from the config'
 
 
 def test_empty_corpus_names_the_source(tmp_path, tokenizer_path):
   (tmp_path / 'empty.txt').write_text('\n\n')
   (tmp_path / 'binary.txt').write_bytes(b'\x00' * 10)
-  msg = _error(make_config(f'text:{tmp_path}/*.txt', tokenizer_path))
+  msg = build_data_error(make_config(f'text:{tmp_path}/*.txt', tokenizer_path))
   assert msg.startswith(f"data.source: no documents in 'text:{tmp_path}/*.txt'")
   assert 'skipped_empty 1' in msg and 'skipped_binary 1' in msg

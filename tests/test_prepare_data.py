@@ -11,10 +11,9 @@ import pytest
 from pydoc_data import topics
 
 from pretrain import train
-from pretrain.core.errors import ConfigError
 from pretrain.core.tokenizer import Tokenizer, train_sentencepiece
 from pretrain.data import build_data, pack, split_eval
-from tests.helpers import tiny_config
+from tests.helpers import build_data_error, tiny_config
 from tools import prepare_data
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -178,24 +177,18 @@ def test_prepare_cli_errors_are_one_line_exit_2(corpus_dir, tokenizer_path, prep
                     capsys) == '--seq_len: must be >= 2, got 1'
 
 
-def _build_error(config, **kwargs) -> str:
-  with pytest.raises(ConfigError) as e:
-    build_data(config, **kwargs)
-  assert '\n' not in str(e.value)
-  return str(e.value)
-
 
 def test_training_on_a_bad_prepared_source_names_the_field(prepared_dir, tokenizer_path, tmp_path):
   source = f'prepared:{prepared_dir}'
-  msg = _build_error(make_config(source, seq_len=64))
+  msg = build_data_error(make_config(source, seq_len=64))
   assert msg.startswith('data.seq_len: 64 differs from the seq_len 32')
   other = tmp_path / 'other.model'
   train_sentencepiece([topics.topics[k] for k in sorted(topics.topics)[40:80]], 400, other)
-  assert _build_error(make_config(source, other)).startswith(f"data.tokenizer: '{other}' is not the tokenizer")
+  assert build_data_error(make_config(source, other)).startswith(f"data.tokenizer: '{other}' is not the tokenizer")
   assert build_data(make_config(source, tokenizer_path)).stats['train_rows'] > 0  # the same model is fine
-  msg = _build_error(make_config(source), tokenizer=Tokenizer.from_file(other))  # a checkpoint's tokenizer
+  msg = build_data_error(make_config(source), tokenizer=Tokenizer.from_file(other))  # a checkpoint's tokenizer
   assert msg.startswith(f"data.source: '{source}' was tokenized with")
-  assert _build_error(make_config(f'prepared:{tmp_path}/none')).startswith(
+  assert build_data_error(make_config(f'prepared:{tmp_path}/none')).startswith(
       f"data.source: 'prepared:{tmp_path}/none': no such directory")
   broken = tmp_path / 'broken'
   broken.mkdir()
@@ -203,10 +196,10 @@ def test_training_on_a_bad_prepared_source_names_the_field(prepared_dir, tokeniz
     (broken / path.name).write_bytes(path.read_bytes())
   shard = broken / json.loads((broken / 'prepared.json').read_text())['shards']['train'][1]
   shard.write_bytes(shard.read_bytes()[:1000])  # truncated
-  assert _build_error(make_config(f'prepared:{broken}')).startswith(
+  assert build_data_error(make_config(f'prepared:{broken}')).startswith(
       f"data.source: 'prepared:{broken}': cannot read its train shards")
   (broken / 'prepared.json').write_text('{"format": ')
-  assert _build_error(make_config(f'prepared:{broken}')).startswith(
+  assert build_data_error(make_config(f'prepared:{broken}')).startswith(
       f"data.source: 'prepared:{broken}': cannot read {broken}/prepared.json")
 
 
