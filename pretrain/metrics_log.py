@@ -45,9 +45,13 @@ def truncate_after(path: pathlib.Path, step: int) -> None:
 
 class MetricsLog:
 
-  def __init__(self, workdir: str, total_steps: int, start_step: int, enabled: bool = True):
+  def __init__(self, workdir: str, total_steps: int, start_step: int, enabled: bool = True,
+               flops_per_token: float | None = None, peak_flops_per_s: float | None = None, num_devices: int = 1):
+    """flops_per_token: model FLOPs (pretrain.core.flops) for model TFLOP/s per device; peak_flops_per_s: all
+    devices' peak together, for MFU (None: unknown, e.g. CPU)."""
     self.enabled = enabled
     self.total_steps = total_steps
+    self.flops_per_token, self.peak_flops_per_s, self.num_devices = flops_per_token, peak_flops_per_s, num_devices
     self.last_time, self.last_step = time.perf_counter(), start_step
     self.writer = None
     self.path = pathlib.Path(workdir) / 'metrics.jsonl'
@@ -79,15 +83,23 @@ class MetricsLog:
     self.last_time, self.last_step = now, step
     record = {'step': step, **{k: float(v) for k, v in metrics.items()},
               'tokens_per_sec': tokens_per_step / seconds_per_step, 'step_time_ms': 1000 * seconds_per_step}
+    speed = ''
+    if self.flops_per_token:
+      model_flops_per_s = record['tokens_per_sec'] * self.flops_per_token
+      record['model_tflops_per_sec'] = model_flops_per_s / self.num_devices / 1e12  # per device
+      speed = f' | {record["model_tflops_per_sec"]:.3g} TFLOP/s/device'
+      if self.peak_flops_per_s:
+        record['mfu'] = model_flops_per_s / self.peak_flops_per_s
+        speed = f' | MFU {100 * record["mfu"]:.1f}%'
     if not self.enabled:
       return
     self._write(record)
     accuracy = f' | acc {record["accuracy"]:.3f}' if 'accuracy' in record else ''
     if 'sentence_accuracy' in record:
       accuracy += f' | sentence loss {record["sentence_loss"]:.4f} acc {record["sentence_accuracy"]:.3f}'
-    logging.info('step %d/%d | loss %.4f%s | lr %.2e | %s tok/s | %.0f ms/step | ETA %s', step, self.total_steps,
+    logging.info('step %d/%d | loss %.4f%s | lr %.2e | %s tok/s | %.0f ms/step%s | ETA %s', step, self.total_steps,
                  record['loss'], accuracy, record['learning_rate'], f'{record["tokens_per_sec"]:,.0f}',
-                 record['step_time_ms'], _format_duration(seconds_per_step * (self.total_steps - step)))
+                 record['step_time_ms'], speed, _format_duration(seconds_per_step * (self.total_steps - step)))
 
   def eval(self, step: int, metrics: dict) -> None:
     record = {'step': step, **{k: float(v) for k, v in metrics.items()}}

@@ -19,7 +19,7 @@ from pretrain import data as data_lib
 from pretrain import objectives
 from pretrain.config_checks import check_batch_split, check_resumable, validate
 from pretrain.core import checkpoint as checkpoint_lib
-from pretrain.core import distributed, optim, sharding
+from pretrain.core import accelerators, distributed, flops, optim, sharding
 from pretrain.core.errors import require
 from pretrain.core.model_config import ModelConfig
 from pretrain.core.tokenizer import Tokenizer
@@ -36,6 +36,10 @@ def _mlm_settings(config, tokenizer: Tokenizer) -> objectives.MlmSettings | None
                                 random_token_prob=config.mlm.random_token_prob,
                                 word_starts=(tuple(tokenizer.word_starts().tolist())
                                              if config.mlm.whole_word_masking else None))
+
+
+def tokens_per_step(config) -> int:
+  return config.train.batch_size * config.data.seq_len
 
 
 def train_state_shardings(abstract_state: dict, param_shardings: dict, optimizer, mesh) -> dict:
@@ -200,27 +204,39 @@ def run(config, workdir: str) -> dict:
               **sentence_eval_metrics(totals)}
 
     step = int(jax.device_get(state['step']))
-    log = MetricsLog(workdir, steps, step, enabled=is_main)
-    tokens_per_step = config.train.batch_size * config.data.seq_len
+    accelerator = accelerators.detect(jax.devices()[0].device_kind)
+    log = MetricsLog(workdir, steps, step, enabled=is_main,
+                     flops_per_token=flops.config_flops_per_token(config, model_cfg),
+                     peak_flops_per_s=accelerator.peak_flops_per_s * jax.device_count() if accelerator else None,
+                     num_devices=jax.device_count())
     summary = {'compile_s': compile_s}
+    pending = []  # a log step's metrics, fetched once the next step is queued: the device never waits on the host
+
+    def log_pending() -> None:
+      for logged_step, metrics in pending:
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if config.objective == 'clm':
+          metrics.pop('accuracy')
+        metrics['learning_rate'] = float(schedule(logged_step - 1))
+        log.train(logged_step, metrics, tokens_per_step(config))
+        summary.update(metrics)
+      pending.clear()
+
     while step < stop_at:
       batch = sharding.global_batch_from_local(next(train_iter), trainer.batch_sharding)
       state, metrics = train_step(state, batch)
       step += 1
-      last = step == stop_at
-      if step % config.train.log_every == 0 or last:
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if config.objective == 'clm':
-          metrics.pop('accuracy')
-        metrics['learning_rate'] = float(schedule(step - 1))
-        log.train(step, metrics, tokens_per_step)
-        summary.update(metrics)
+      log_pending()
+      if step % config.train.log_every == 0 or step == stop_at:
+        pending.append((step, metrics))
       if step % config.train.eval_every == 0 or step == steps:
+        log_pending()
         summary.update(evaluate())
         log.eval(step, {k: v for k, v in summary.items() if k.startswith('eval_')})
         log.reset_clock(step)
-      if step % config.train.checkpoint_every == 0 or last:
+      if step % config.train.checkpoint_every == 0 or step == stop_at:
         checkpointer.save(step, state, train_iter.get_state(), meta)
+    log_pending()
     checkpointer.wait()
     checkpointer.close()
     log.close()

@@ -13,9 +13,9 @@ stamp=".venv/.installed-$(cat pyproject.toml | sha1sum | cut -c1-12)-${extras:-b
 if [ ! -f "$stamp" ]; then
   echo "setting up .venv: pip install -e '$spec' (first run takes a minute or two)" >&2
   case ",$extras," in
-    # torch first, so that the hf extra's range is met and pip pulls no CUDA wheels on CPU machines;
+    # torch first, so that the hf and peers extras' range is met and pip pulls no CUDA wheels on CPU machines;
     # TORCH_SPEC=torch (or a CUDA build) on GPU machines.
-    *,hf,*|*,test,*) .venv/bin/python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}" ;;
+    *,hf,*|*,peers,*|*,test,*) .venv/bin/python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}" ;;
   esac
   .venv/bin/python -m pip install -q -e "$spec"
   touch "$stamp"

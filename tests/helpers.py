@@ -1,4 +1,6 @@
 """Small configs and checks shared by the tests."""
+import pathlib
+
 import pytest
 
 from configs import pretrain_clm, pretrain_mlm
@@ -21,6 +23,15 @@ def tiny_config(objective: str = 'mlm', **model_overrides):
   for key, value in model_overrides.items():
     config.model[key] = value
   return config
+
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+MLM_CONFIG = str(ROOT / 'configs' / 'pretrain_mlm.py') + ':size=tiny'
+CLM_CONFIG = str(ROOT / 'configs' / 'pretrain_clm.py') + ':size=tiny'
+# The command-line form of tiny_config's shrinking, for the tools that take --config FILE --config.x=y.
+TINY_OVERRIDES = ['--config.model.num_layers=2', '--config.model.hidden_size=64', '--config.model.mlp_dim=128',
+                  '--config.model.vocab_size=512', '--config.model.max_position_embeddings=64',
+                  '--config.data.seq_len=32', '--config.train.batch_size=8']
 
 
 def tiny_model_config(objective: str = 'mlm', **overrides) -> ModelConfig:

@@ -1,6 +1,5 @@
 """tools.plan: the memory a train step needs per device, planned from the real trainer before any launch."""
 import json
-import pathlib
 
 import jax
 import pytest
@@ -9,16 +8,10 @@ from flax import nnx
 from pretrain.config_checks import validate
 from pretrain.core import flops, sharding
 from pretrain.heads import LanguageModel
-from tests.helpers import tiny_config
+from tests.helpers import MLM_CONFIG, TINY_OVERRIDES, tiny_config
 from tools import plan
 from tools.plan_mesh import compile_step, compiled_memory, plan_candidates, plan_mesh, suggest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-MLM_CONFIG = str(ROOT / 'configs' / 'pretrain_mlm.py') + ':size=tiny'
-# configs/pretrain_mlm.py:size=tiny shrunk as tests.helpers.tiny_config shrinks it
-TINY_OVERRIDES = ['--config.model.num_layers=2', '--config.model.hidden_size=64', '--config.model.mlp_dim=128',
-                  '--config.model.vocab_size=512', '--config.model.max_position_embeddings=64',
-                  '--config.data.seq_len=32', '--config.train.batch_size=8']
 
 
 def _bytes_on(tree, device) -> int:

@@ -39,7 +39,7 @@ from collections.abc import Sequence
 
 from pretrain.core import accelerators
 from pretrain.core.cli import tool_main
-from pretrain.core.config_files import load_config
+from pretrain.core.config_files import load_config, parse_with_overrides
 from pretrain.core.errors import require
 
 GIB = 2**30
@@ -55,12 +55,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                       help=f'one of {", ".join(accelerators.ACCELERATORS)}; default: report them all')
   parser.add_argument('--usable_fraction', type=float, default=None,
                       help='fraction of HBM a program may use (default per accelerator: TPU 0.9, GPU 0.75)')
-  args, extra = parser.parse_known_args(argv)
-  unknown = [a for a in extra if not a.startswith('--config.')]
-  if unknown:
-    parser.error(f'unrecognized arguments: {" ".join(unknown)} (config overrides are --config.a.b=value)')
-  args.overrides = extra
-  return args
+  return parse_with_overrides(parser, argv)
 
 
 def _xla_flags_with_devices(flags: str, num_devices: int) -> str:

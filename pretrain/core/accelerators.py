@@ -10,6 +10,7 @@ planned and the real program). On GPU 75%: JAX preallocates that fraction of the
 pass `usable_fraction`) to use more.
 """
 import dataclasses
+import re
 
 from pretrain.core.errors import require
 
@@ -61,6 +62,28 @@ def get_accelerator(name: str, field: str = '--accelerator') -> Accelerator:
   """The table entry for `name`; an error naming `field` and the choices otherwise."""
   require(name in ACCELERATORS, f'{field}: unknown accelerator {name!r}; choose one of {", ".join(ACCELERATORS)}')
   return ACCELERATORS[name]
+
+
+# jax Device.device_kind -> table entry. GPU kinds are nvidia-smi names (SXM parts; a PCIe H100 has another
+# peak and is left unknown); TPU kinds are what the TPU runtime reports.
+_DEVICE_KINDS = (
+    (r'^TPU v4', 'v4'), (r'^TPU v5 ?lite|^TPU v5e', 'v5e'), (r'^TPU v5p?$', 'v5p'), (r'^TPU v6', 'v6e'),
+    (r'A100.*40GB', 'a100-40gb'), (r'A100.*80GB', 'a100-80gb'), (r'H100 80GB HBM3|H100 SXM', 'h100-80gb'),
+    (r'H200', 'h200'),
+)
+
+
+def detect(device_kind: str) -> Accelerator | None:
+  """The table entry of a jax device (`jax.devices()[0].device_kind`); None when its peak is unknown (CPU)."""
+  for pattern, name in _DEVICE_KINDS:
+    if re.search(pattern, device_kind):
+      return ACCELERATORS[name]
+  return None
+
+
+def detect_or_get(name: str | None, device_kind: str) -> Accelerator | None:
+  """The accelerator `name` (a --accelerator flag) if given, else the one the device kind names."""
+  return get_accelerator(name) if name else detect(device_kind)
 
 
 def model_flops_utilization(flops_per_step: float, step_seconds: float, num_chips: int,

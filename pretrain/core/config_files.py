@@ -61,3 +61,13 @@ def load_config(spec: str, overrides: Sequence[str]):
     return _parse(spec, overrides)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
     raise ConfigError(str(e).strip().splitlines()[0].removeprefix('flag ')) from None
+
+
+def parse_with_overrides(parser, argv: Sequence[str] | None):
+  """parser.parse_args, with every --config.a.b=value kept in `args.overrides` (for load_config)."""
+  args, extra = parser.parse_known_args(argv)
+  unknown = [a for a in extra if not a.startswith('--config.')]
+  if unknown:
+    parser.error(f'unrecognized arguments: {" ".join(unknown)} (config overrides are --config.a.b=value)')
+  args.overrides = extra
+  return args

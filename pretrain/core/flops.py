@@ -57,9 +57,12 @@ def train_flops_per_token(model_cfg: ModelConfig, seq_len: int, objective: str, 
                                                         sentence_task).values())
 
 
+def config_flops_per_token(config, model_cfg: ModelConfig) -> float:
+  """train_flops_per_token of a pretraining config (its sequence length, objective and MLM settings)."""
+  return train_flops_per_token(model_cfg, config.data.seq_len, config.objective, config.mlm.mask_prob,
+                               config.mlm.sentence_task)
+
+
 def train_flops_per_step(config, model_cfg: ModelConfig) -> float:
   """Model FLOPs of one optimizer step of a pretraining config: per token x batch_size x seq_len."""
-  seq_len = config.data.seq_len
-  per_token = train_flops_per_token(model_cfg, seq_len, config.objective, config.mlm.mask_prob,
-                                    config.mlm.sentence_task)
-  return per_token * config.train.batch_size * seq_len
+  return config_flops_per_token(config, model_cfg) * config.train.batch_size * config.data.seq_len
