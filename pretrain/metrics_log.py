@@ -8,6 +8,9 @@ import logging as py_logging
 
 from absl import logging
 
+# What a train record measures of the machine rather than of the run (differs between otherwise equal runs).
+TIMING_FIELDS = ('tokens_per_sec', 'step_time_ms', 'model_tflops_per_sec', 'mfu')
+
 _CHATTY_LIBRARIES = ('/orbax/', '/grain/', '/jax/_src/xla_bridge', '/jax/_src/distributed')
 
 

@@ -13,6 +13,7 @@ from pretrain import sentence_pairs, train
 from pretrain.config_checks import check_resumable
 from pretrain.core import sharding
 from pretrain.core.errors import ConfigError
+from pretrain.metrics_log import TIMING_FIELDS
 from pretrain.core.tokenizer import train_sentencepiece
 from tests.checkpoint_fixtures import pretrain_checkpoint
 from tests.helpers import tiny_config
@@ -114,7 +115,7 @@ def _lines(workdir) -> list[dict]:
 
 
 def _without_timings(lines: list[dict]) -> list[dict]:
-  return [{k: v for k, v in r.items() if k not in ('tokens_per_sec', 'step_time_ms')} for r in lines]
+  return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in lines]
 
 
 @pytest.fixture(scope='module')
