@@ -121,6 +121,7 @@ def base_config(size: str, objective: str) -> ml_collections.ConfigDict:
       checkpoint_every=200 if size == 'tiny' else 5000,
       keep_checkpoints=3,
       stop_at_step=0,  # >0: checkpoint and exit at this step (a time-limited job); rerun to continue
+      max_nonfinite_steps=10,  # a non-finite step is skipped; this many in a row stop the job
   ))
 
   # -1 takes all remaining devices. Small models replicate and split the batch; large ones shard with fsdp.

@@ -12,11 +12,10 @@ from finetune.tasks import TASKS, Task
 from pretrain.core import checkpoint as checkpoint_lib
 from pretrain.core import optim
 from pretrain.core.errors import require
-from pretrain.core.model_config import ModelConfig
+from pretrain.core.model_config import RUNTIME_FIELDS, ModelConfig, validate_runtime
 from pretrain.core.tokenizer import Tokenizer
 
 SOURCE_SCHEMES = (GLUE_DIR_SCHEME, 'tfds:')
-RUNTIME_MODEL_FIELDS = ('dropout_rate', 'attention_dropout_rate', 'dtype', 'remat_policy')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +41,7 @@ def validate(config) -> Task:
   require(config.data.source.startswith(SOURCE_SCHEMES),
           f"data.source: expected 'glue_dir:PATH' or 'tfds:glue/{task.name}', got {config.data.source!r}")
   require(config.pooling in POOLINGS, f'pooling: {config.pooling!r} is not one of {POOLINGS}')
+  validate_runtime(config.model)  # the architecture is the checkpoint's, checked in load_pretrained
   require(config.data.max_length >= 4, f'data.max_length: must be at least 4, got {config.data.max_length}')
   require(0 <= config.data.max_malformed_fraction < 1,
           f'data.max_malformed_fraction: must be in [0, 1), got {config.data.max_malformed_fraction}')
@@ -75,7 +75,7 @@ def load_pretrained(config) -> Pretrained:
   """The checkpoint's architecture and tokenizer, checked against this config (reads no arrays)."""
   step_dir, meta = checkpoint_lib.read_checked_meta(config.init_checkpoint, 'init_checkpoint')
   saved = dict(meta['config']['model'])
-  saved.update({k: config.model[k] for k in RUNTIME_MODEL_FIELDS})
+  saved.update({k: config.model[k] for k in RUNTIME_FIELDS})
   model_cfg = ModelConfig.from_config(saved)
   tokenizer = checkpoint_lib.load_tokenizer(meta)
   require(tokenizer.vocab_size <= model_cfg.vocab_size,

@@ -1,6 +1,7 @@
 """Reads GLUE task files in the official GLUE directory layout (`glue_dir:PATH`); no TensorFlow needed.
 
-A missing file or column, or a label outside the task's set, is an error naming the file (and line). Rows
+A missing, unreadable or empty file, a missing column, or a label outside the task's set, is an error naming
+the file (and line). Rows end at newlines only (a form feed or U+2028 inside a text does not end its row). Rows
 with the wrong number of fields (real QQP has a few) are skipped and reported with their line numbers; more
 than `max_malformed_fraction` of a file is an error.
 """
@@ -44,7 +45,8 @@ def glue_dir(source: str, field: str = 'data.source') -> pathlib.Path:
 def _column(header: list[str] | None, column: str | int, path: pathlib.Path) -> int:
   if isinstance(column, int):
     return column
-  require(header is not None and column in header, f'{path}: no column {column!r} in the header {header}')
+  if header is None or column not in header:  # (a binary file's "header" can be long garbage: cut short)
+    raise ConfigError(f'{path}: no column {column!r} in the header {repr(header)[:200]}')
   return header.index(column)
 
 
@@ -63,9 +65,13 @@ def read_split(root: pathlib.Path, task: Task, file_name: str, with_labels: bool
   """Examples of GLUE_DIR/<task dir>/<file_name>; labels only when with_labels (train and dev files)."""
   path = root / task.directory / file_name
   require(path.is_file(), f'{path}: missing (expected the official GLUE layout under {root})')
-  lines = path.read_text(encoding='utf-8', errors='replace').splitlines()
+  try:
+    lines = path.read_bytes().decode('utf-8', errors='replace').replace('\r\n', '\n').split('\n')
+  except OSError as e:
+    raise ConfigError(f'{path}: cannot read it ({e.strerror or type(e).__name__})') from None
+  require(any(line.strip() for line in lines), f'{path}: empty file')
   headerless = task.headerless_train_dev and with_labels
-  header = None if headerless or not lines else lines[0].split('\t')
+  header = None if headerless else lines[0].split('\t')
   first_line = 1 if headerless else 2  # 1-based line number of the first data row
   text_columns = task.text_columns if with_labels or not task.test_text_columns else task.test_text_columns
   text_idx = [_column(header, c, path) for c in text_columns]

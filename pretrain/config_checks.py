@@ -2,12 +2,15 @@
 import dataclasses
 import json
 
-from pretrain import sentence_pairs
+from pretrain import sentence_pairs, sources
 from pretrain.core import optim
 from pretrain.core.errors import require
 from pretrain.core.model_config import ModelConfig
 
 OBJECTIVE_VARIANTS = {'mlm': 'bert', 'clm': 'gpt2'}
+# What pretrain.data reads: pretrain.sources' schemes and prepared:DIR (pretrain.prepared.SCHEME, not imported
+# here: it loads grain).
+SOURCE_SCHEMES = (*sources.SCHEMES, 'prepared')
 
 
 def validate(config) -> ModelConfig:
@@ -18,6 +21,9 @@ def validate(config) -> ModelConfig:
   expected = OBJECTIVE_VARIANTS[config.objective]
   require(model_cfg.variant == expected,
           f'model.variant: objective {config.objective!r} needs the {expected!r} variant, got {model_cfg.variant!r}')
+  scheme, sep, _ = str(config.data.source).partition(':')
+  require(sep and scheme in SOURCE_SCHEMES, f'data.source: unknown scheme in {config.data.source!r} (known: '
+          + ', '.join(f'{s}:' for s in SOURCE_SCHEMES) + ')')
   require(config.data.seq_len >= 2, f'data.seq_len: must be at least 2, got {config.data.seq_len}')
   sentence_task = config.mlm.sentence_task
   require(sentence_task in sentence_pairs.TASKS,
@@ -32,7 +38,8 @@ def validate(config) -> ModelConfig:
   require(config.train.microbatches >= 1, f'train.microbatches: must be >= 1, got {config.train.microbatches}')
   require(config.train.batch_size % config.train.microbatches == 0,
           f'train.microbatches: {config.train.microbatches} does not divide train.batch_size {config.train.batch_size}')
-  for key in ('log_every', 'eval_every', 'checkpoint_every', 'eval_batches', 'keep_checkpoints'):
+  for key in ('log_every', 'eval_every', 'checkpoint_every', 'eval_batches', 'keep_checkpoints',
+              'max_nonfinite_steps'):
     require(config.train[key] > 0, f'train.{key}: must be positive, got {config.train[key]}')
   require(config.train.stop_at_step >= 0, f'train.stop_at_step: must be >= 0, got {config.train.stop_at_step}')
   if config.objective == 'mlm':

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import logging
 import os
 from collections.abc import Sequence
@@ -33,10 +34,10 @@ import numpy as np
 
 from pretrain import prepared, sentence_pairs, sources
 from pretrain.core.errors import ConfigError, require
-from pretrain.core.tokenizer import TRAINER_VERSION, Tokenizer, train_sentencepiece
+from pretrain.core.tokenizer import TRAINER_VERSION, Tokenizer, text_batches, train_sentencepiece
 
 log = logging.getLogger(__name__)
-_ENCODE_CHUNK = 1024  # documents encoded per call, to bound the memory of Python id lists
+_ENCODE_CHUNK = 1024  # documents encoded per call (at most; see text_batches)
 # Per-token kind in packed rows: document start, continuation, padding.
 _START, _CONT, _PAD = 1, 0, -1
 
@@ -191,16 +192,16 @@ def pack(docs: Sequence[str], tokenizer: Tokenizer, seq_len: int) -> PackedRows:
 def encode_documents(docs: Sequence[str], tokenizer: Tokenizer,
                      num_threads: int = -1) -> tuple[np.ndarray, np.ndarray]:
   """[cls] + ids + [sep] of each document, concatenated: int32 tokens and int8 kinds (_START, _CONT)."""
-  tokens, kinds = [], []
-  for i in range(0, len(docs), _ENCODE_CHUNK):
-    for ids in tokenizer.encode_batch(docs[i:i + _ENCODE_CHUNK], num_threads=num_threads):
-      tokens.append(np.array([tokenizer.cls_id, *ids, tokenizer.sep_id], np.int32))
-      kind = np.full(len(ids) + 2, _CONT, np.int8)
-      kind[0] = _START
-      kinds.append(kind)
-  flat = np.concatenate(tokens) if tokens else np.zeros(0, np.int32)
-  flat_kind = np.concatenate(kinds) if kinds else np.zeros(0, np.int8)
-  return flat, flat_kind
+  tokens, kinds = [np.zeros(0, np.int32)], [np.zeros(0, np.int8)]
+  cls, sep = [tokenizer.cls_id], [tokenizer.sep_id]
+  for batch in text_batches(docs, _ENCODE_CHUNK):
+    ids = tokenizer.encode_batch(batch, num_threads=num_threads)
+    lengths = np.array([len(x) + 2 for x in ids], np.int64)
+    tokens.append(np.fromiter(itertools.chain.from_iterable(cls + x + sep for x in ids), np.int32,
+                              count=int(lengths.sum())))
+    kinds.append(np.full(len(tokens[-1]), _CONT, np.int8))
+    kinds[-1][np.cumsum(lengths) - lengths] = _START
+  return np.concatenate(tokens), np.concatenate(kinds)
 
 
 def cut_rows(flat: np.ndarray, flat_kind: np.ndarray, seq_len: int, pad_id: int) -> PackedRows:
@@ -295,8 +296,6 @@ def _read_and_pack(source: str, *, seq_len: int, eval_fraction: float, max_doc_c
   source_stats = sources.SourceStats()
   docs = list(sources.read_documents(source, max_doc_chars=max_doc_chars, stats=source_stats))
   counts = source_stats.as_dict()
-  require(bool(docs), f"data.source: no documents in '{source}' after filtering ("
-          + ', '.join(f'{k} {v}' for k, v in counts.items() if v) + ')')
   held = split_eval(docs, eval_fraction)
   train_docs = [d for d, h in zip(docs, held) if not h]
   eval_docs = [d for d, h in zip(docs, held) if h]

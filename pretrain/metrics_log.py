@@ -3,10 +3,13 @@ import json
 import math
 import pathlib
 import time
+import traceback
 
 import logging as py_logging
 
 from absl import logging
+
+from pretrain.core.files import write_atomic
 
 # What a train record measures of the machine rather than of the run (differs between otherwise equal runs).
 TIMING_FIELDS = ('tokens_per_sec', 'step_time_ms', 'model_tflops_per_sec', 'mfu')
@@ -14,9 +17,20 @@ TIMING_FIELDS = ('tokens_per_sec', 'step_time_ms', 'model_tflops_per_sec', 'mfu'
 _CHATTY_LIBRARIES = ('/orbax/', '/grain/', '/jax/_src/xla_bridge', '/jax/_src/distributed')
 
 
+def _in_library(path: str) -> bool:
+  return any(s in path for s in _CHATTY_LIBRARIES)
+
+
 class _QuietLibraries(py_logging.Filter):
+  """Drops the libraries' INFO lines, and the tracebacks of their errors (ours re-raise them as one line), also
+  when asyncio logs them (`Task exception was never retrieved` for each of Orbax's failed parallel writes)."""
+
   def filter(self, record: py_logging.LogRecord) -> bool:
-    return record.levelno >= py_logging.WARNING or not any(s in record.pathname for s in _CHATTY_LIBRARIES)
+    library = _in_library(record.pathname)
+    if record.exc_info and (library or any(_in_library(frame.filename)
+                                           for frame in traceback.extract_tb(record.exc_info[2]))):
+      record.exc_info, record.exc_text = None, None
+    return record.levelno >= py_logging.WARNING or not library
 
 
 def quiet_library_logs() -> None:
@@ -43,7 +57,7 @@ def truncate_after(path: pathlib.Path, step: int) -> None:
     return
   steps = [(line, _step_of(line)) for line in path.read_text().splitlines()]
   kept = [line for line, line_step in steps if line_step is not None and line_step <= step]
-  path.write_text(''.join(line + '\n' for line in kept))
+  write_atomic(path, ''.join(line + '\n' for line in kept))
 
 
 class MetricsLog:

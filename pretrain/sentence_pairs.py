@@ -21,9 +21,10 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from pretrain.core.errors import require
+from pretrain.core.tokenizer import text_batches
 
 TASKS = ('none', 'nsp', 'sop')
-_ENCODE_CHUNK = 4096  # sentences encoded per call
+_ENCODE_CHUNK = 4096  # sentences encoded per call (at most; see text_batches)
 # A sentence ends at a newline, or after '.', '!' or '?' (and closing quotes or brackets) that whitespace and a
 # capital letter, digit or opening quote/bracket follow: "e.g. the" and "3.14" stay whole.
 _SENTENCE_END = re.compile(r'\n|[.!?]["\')\]]*(?=[ \t]+["\'(\[]?[A-Z0-9])')
@@ -106,8 +107,8 @@ def encode_sentences(docs: Sequence[str], tokenizer) -> list[list[np.ndarray]]:
   """Each document as a list of its sentences' token ids (int32)."""
   sentences = [split_sentences(doc) for doc in docs]
   flat = [s for doc in sentences for s in doc]
-  ids = [np.asarray(x, np.int32) for i in range(0, len(flat), _ENCODE_CHUNK)
-         for x in tokenizer.encode_batch(flat[i:i + _ENCODE_CHUNK])]
+  ids = [np.asarray(x, np.int32) for batch in text_batches(flat, _ENCODE_CHUNK)
+         for x in tokenizer.encode_batch(batch)]
   bounds = np.cumsum([0, *map(len, sentences)])
   return [[x for x in ids[start:end] if len(x)] for start, end in zip(bounds, bounds[1:])]
 

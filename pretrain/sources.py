@@ -8,7 +8,10 @@
 
 Every source goes through the same filter: non-UTF-8 bytes are replaced (U+FFFD) and counted, blank
 documents are skipped, documents over `max_doc_chars` are split into chunks (at a newline or space in the
-last half of the window when there is one), files with NUL bytes are skipped as binary.
+last half of the window when there is one), files with NUL bytes are skipped as binary, and matched files
+that cannot be read (a dangling symlink, a file deleted after the glob, an I/O error) are skipped with a
+warning. Every skip is counted in SourceStats; a source left with no documents is a ConfigError naming
+the field, raised when the iteration ends.
 """
 
 from __future__ import annotations
@@ -41,12 +44,17 @@ class SourceStats:
   documents: int = 0  # documents yielded (chunks of split documents count one each)
   skipped_empty: int = 0  # blank or whitespace-only documents / files
   skipped_binary: int = 0  # files with NUL bytes
+  skipped_unreadable: int = 0  # matched files that cannot be read: dangling symlinks, vanished files, I/O errors
   skipped_bad_records: int = 0  # JSONL lines that are not JSON objects with a string `text`
   replaced_undecodable: int = 0  # documents kept with invalid UTF-8 replaced by U+FFFD
   split_overlong: int = 0  # documents longer than max_doc_chars, split into chunks
 
   def as_dict(self) -> dict[str, int]:
     return dataclasses.asdict(self)
+
+  def summary(self) -> str:
+    """The non-zero counts, e.g. 'files 3, skipped_empty 2, skipped_binary 1'."""
+    return ', '.join(f'{k} {v}' for k, v in self.as_dict().items() if v)
 
 
 def cache_dir() -> pathlib.Path:
@@ -57,7 +65,8 @@ def cache_dir() -> pathlib.Path:
 
 def read_documents(source: str, *, max_doc_chars: int = 100_000, stats: SourceStats | None = None,
                    field: str = 'data.source') -> Iterator[str]:
-  """Documents of `source`. Bad sources raise ConfigError naming `field` now, not on first `next`."""
+  """Documents of `source`. Bad sources raise ConfigError naming `field` now, not on first `next`; a source
+  whose every document is filtered out raises it when the iteration ends."""
   if max_doc_chars < 1:
     raise ConfigError(f'data.max_doc_chars: must be >= 1, got {max_doc_chars}')
   stats = stats if stats is not None else SourceStats()
@@ -75,10 +84,11 @@ def read_documents(source: str, *, max_doc_chars: int = 100_000, stats: SourceSt
   else:
     paths = _glob(source, rest, field)
     raw = _text_files(paths, stats) if scheme == 'text' else _jsonl_files(paths, stats)
-  return _filtered(raw, max_doc_chars, stats)
+  return _filtered(raw, max_doc_chars, stats, f"{field}: no documents in '{source}' after filtering")
 
 
-def _filtered(raw: Iterable[tuple[str, bool]], max_doc_chars: int, stats: SourceStats) -> Iterator[str]:
+def _filtered(raw: Iterable[tuple[str, bool]], max_doc_chars: int, stats: SourceStats,
+              empty_error: str) -> Iterator[str]:
   for text, replaced in raw:
     if not text.strip():
       stats.skipped_empty += 1
@@ -92,6 +102,8 @@ def _filtered(raw: Iterable[tuple[str, bool]], max_doc_chars: int, stats: Source
     else:
       stats.documents += 1
       yield text
+  if not stats.documents:
+    raise ConfigError(f'{empty_error} ({stats.summary()})')
 
 
 def split_text(text: str, max_chars: int) -> list[str]:
@@ -119,44 +131,75 @@ def _decode(data: bytes) -> tuple[str, bool]:
 
 
 def _glob(source: str, pattern: str, field: str) -> list[str]:
-  paths = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p))
+  """Regular files and dangling symlinks (counted as unreadable later); never directories, FIFOs or devices."""
+  paths = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True)
+                 if os.path.isfile(p) or (os.path.islink(p) and not os.path.exists(p)))
   if not paths:
     raise ConfigError(f"{field}: no files match '{source}'")
   return paths
 
 
+def _unreadable(path: str, e: OSError, stats: SourceStats) -> None:
+  stats.skipped_unreadable += 1
+  logging.warning('%s: skipped, cannot read it (%s)', path, e.strerror or type(e).__name__)
+
+
 def _text_files(paths: list[str], stats: SourceStats) -> Iterator[tuple[str, bool]]:
   for path in paths:
     stats.files += 1
-    data = pathlib.Path(path).read_bytes()
-    if b'\0' in data:
-      stats.skipped_binary += 1
+    try:
+      doc = _read_text(path)
+    except OSError as e:
+      _unreadable(path, e, stats)
       continue
-    text, replaced = _decode(data)
-    yield text.removeprefix('\ufeff').replace('\r\n', '\n').replace('\r', '\n'), replaced
+    if doc is None:
+      stats.skipped_binary += 1
+    else:
+      yield doc
+
+
+def _read_text(path: str) -> tuple[str, bool] | None:
+  """(text, replaced) of a file, None for a binary one; its bytes are freed before the text is used."""
+  data = pathlib.Path(path).read_bytes()
+  if b'\0' in data:
+    return None
+  text, replaced = _decode(data)
+  del data
+  return text.removeprefix('\ufeff').replace('\r\n', '\n').replace('\r', '\n'), replaced
 
 
 def _jsonl_files(paths: list[str], stats: SourceStats) -> Iterator[tuple[str, bool]]:
   for path in paths:
     stats.files += 1
-    with open(path, 'rb') as f:
-      for line in f:
-        if not line.strip():
-          continue
-        raw, replaced = _decode(line)
-        try:
-          record = json.loads(raw)
-        except ValueError:
-          record = None
-        text = record.get('text') if isinstance(record, dict) else None
-        if not isinstance(text, str):
-          stats.skipped_bad_records += 1
-          continue
-        try:
-          text.encode('utf-8')
-        except UnicodeEncodeError:  # lone surrogates such as "\ud800" in the JSON
-          text, replaced = text.encode('utf-16', 'surrogatepass').decode('utf-16', 'replace'), True
-        yield text, replaced
+    try:
+      with open(path, 'rb') as f:
+        for line in f:
+          if line.strip():
+            record = _parse_record(line)
+            if record is None:
+              stats.skipped_bad_records += 1
+            else:
+              yield record
+    except OSError as e:  # a read error mid-file keeps the records before it
+      _unreadable(path, e, stats)
+
+
+def _parse_record(line: bytes) -> tuple[str, bool] | None:
+  """(text, replaced) of a JSONL line, None unless it is a JSON object with a string `text`."""
+  raw, replaced = _decode(line)
+  try:
+    record = json.loads(raw)
+  except (ValueError, RecursionError):  # RecursionError: deeply nested arrays such as [[[[...
+    return None
+  del raw
+  text = record.get('text') if isinstance(record, dict) else None
+  if not isinstance(text, str):
+    return None
+  try:
+    text.encode('utf-8')
+  except UnicodeEncodeError:  # lone surrogates such as "\ud800" in the JSON
+    text, replaced = text.encode('utf-16', 'surrogatepass').decode('utf-16', 'replace'), True
+  return text, replaced
 
 
 def _tfds_texts(name: str, field: str, stats: SourceStats) -> Iterator[tuple[str, bool]]:
@@ -197,8 +240,14 @@ def stdlib_docs() -> list[str]:
   python = platform.python_implementation().lower() + '.'.join(map(str, sys.version_info[:3]))
   path = cache_dir() / f'stdlib-docs-v{_STDLIB_DOCS_VERSION}-{python}.jsonl'
   if path.exists():
-    with open(path, encoding='utf-8') as f:
-      return [json.loads(line)['text'] for line in f]
+    try:
+      with open(path, encoding='utf-8') as f:
+        docs = [json.loads(line)['text'] for line in f]
+      if docs and all(isinstance(d, str) for d in docs):
+        return docs
+      raise ValueError('not a list of texts')
+    except (OSError, ValueError, KeyError, TypeError) as e:  # a damaged cache is rebuilt
+      logging.warning('rebuilding the stdlib-docs cache %s: %s', path, first_line(e))
   docs = _extract_stdlib_docs()
   try:
     write_atomic(path, ''.join(json.dumps({'text': d}) + '\n' for d in docs))

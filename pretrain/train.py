@@ -21,10 +21,13 @@ from pretrain.config_checks import check_batch_split, check_resumable, validate
 from pretrain.core import checkpoint as checkpoint_lib
 from pretrain.core import accelerators, distributed, flops, optim, sharding
 from pretrain.core.errors import require
+from pretrain.core.files import check_writable_dir, write_atomic
+from pretrain.core.preemption import PreemptionWatch
 from pretrain.core.model_config import ModelConfig
 from pretrain.core.tokenizer import Tokenizer
 from pretrain.heads import LanguageModel
 from pretrain.metrics_log import MetricsLog, eval_metrics, sentence_eval_metrics
+from pretrain.nonfinite import NonfiniteSteps
 from pretrain.train_step import init_state, make_steps
 
 def _mlm_settings(config, tokenizer: Tokenizer) -> objectives.MlmSettings | None:
@@ -142,32 +145,54 @@ def run(config, workdir: str) -> dict:
 
   config.init_checkpoint (any checkpoint: an import from Hugging Face, another run) starts a new run from its
   parameters, with its architecture and tokenizer; the optimizer and the data start fresh.
+
+  SIGTERM finishes the current step, saves a checkpoint and returns (summary['preempted'] is True).
   """
   require('://' not in str(workdir), f'--workdir: {workdir} is a URL; use a path on a filesystem every host mounts '
           '(NFS, Filestore, or a bucket mounted with gcsfuse)')
   config, init_tokenizer = _with_init_checkpoint(config)
   model_cfg = validate(config)
-  workdir = str(pathlib.Path(workdir).absolute())
-  pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
+  workdir = str(check_writable_dir(workdir, '--workdir'))
+  with PreemptionWatch() as preemption:
+    return _run(config, model_cfg, workdir, init_tokenizer, preemption)
+
+
+def _run(config, model_cfg: ModelConfig, workdir: str, init_tokenizer, preemption: PreemptionWatch) -> dict:
   mesh = sharding.make_mesh(config.mesh)
   rules = tuple(config.sharding_rules)
   data_parallel = sharding.data_parallel_size(mesh, rules)
   check_batch_split(config, data_parallel)
   is_main = jax.process_index() == 0
 
-  checkpointer = checkpoint_lib.Checkpointer(workdir, keep=config.train.keep_checkpoints)
-  latest = checkpointer.latest_step()
+  newest = checkpoint_lib.newest_meta(pathlib.Path(workdir) / 'checkpoints')  # read only: nothing is created yet
+  latest = newest[0] if newest else None
   tokenizer = init_tokenizer
-  if latest is not None:  # the tokenizer travels with the checkpoint
-    saved_meta = checkpointer.restore_meta(latest)
-    check_resumable(config, saved_meta['config'], checkpointer.directory / str(latest))
+  if newest is not None:  # the tokenizer travels with the checkpoint
+    saved_meta = newest[1]
+    check_resumable(config, saved_meta['config'], pathlib.Path(workdir) / 'checkpoints' / str(latest))
     tokenizer = checkpoint_lib.load_tokenizer(saved_meta)
   data = _build_data(config, tokenizer)
   tokenizer = data.tokenizer
   meta = checkpoint_lib.make_meta(config, tokenizer)
   if is_main:
     tokenizer.save(pathlib.Path(workdir) / tokenizer.file_name)
-    (pathlib.Path(workdir) / 'config.json').write_text(config.to_json_best_effort(indent=2))
+    write_atomic(pathlib.Path(workdir) / 'config.json', config.to_json_best_effort(indent=2))
+  checkpointer = checkpoint_lib.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+  try:
+    summary = _train(config, model_cfg, workdir, mesh, data, latest, checkpointer, meta, preemption)
+    checkpointer.close()  # waits for the last save to commit
+  except BaseException:
+    checkpointer.abandon()
+    raise
+  return summary
+
+
+def _train(config, model_cfg: ModelConfig, workdir: str, mesh, data: data_lib.DataPipeline, latest: int | None,
+           checkpointer: checkpoint_lib.Checkpointer, meta: dict, preemption: PreemptionWatch) -> dict:
+  """Restores or initialises the state, compiles, and runs the loop with its logs, evals and checkpoints."""
+  rules = tuple(config.sharding_rules)
+  tokenizer = data.tokenizer
+  is_main = jax.process_index() == 0
   schedule = optim.learning_rate_schedule(config.train)
   steps = config.train.steps
   stop_at = min(steps, config.train.stop_at_step or steps)
@@ -176,7 +201,7 @@ def run(config, workdir: str) -> dict:
     trainer = make_trainer(config, model_cfg, mesh, tokenizer)
     train_iter = data.train_iterator()
     if latest is not None:
-      state, data_state, _ = checkpointer.restore(latest, trainer.abstract_state)
+      latest, state, data_state = checkpointer.restore_newest(trainer.abstract_state, latest)
       train_iter.set_state(data_state)
       logging.info('resumed from %s at step %d', checkpointer.directory / str(latest), latest)
     else:
@@ -209,36 +234,59 @@ def run(config, workdir: str) -> dict:
                      flops_per_token=flops.config_flops_per_token(config, model_cfg),
                      peak_flops_per_s=accelerator.peak_flops_per_s * jax.device_count() if accelerator else None,
                      num_devices=jax.device_count())
-    summary = {'compile_s': compile_s}
+    summary = {'compile_s': compile_s, 'preempted': False}
     pending = []  # a log step's metrics, fetched once the next step is queued: the device never waits on the host
+    nonfinite = NonfiniteSteps(config.train.max_nonfinite_steps, str(checkpointer.directory))
+    last_flag = None  # the newest step's `nonfinite` flag, read once the next step is queued (or before a save)
 
     def log_pending() -> None:
       for logged_step, metrics in pending:
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items() if k != 'nonfinite'}
         if config.objective == 'clm':
           metrics.pop('accuracy')
         metrics['learning_rate'] = float(schedule(logged_step - 1))
+        metrics['skipped_steps'] = nonfinite.total
         log.train(logged_step, metrics, tokens_per_step(config))
         summary.update(metrics)
       pending.clear()
 
-    while step < stop_at:
-      batch = sharding.global_batch_from_local(next(train_iter), trainer.batch_sharding)
-      state, metrics = train_step(state, batch)
-      step += 1
-      log_pending()
-      if step % config.train.log_every == 0 or step == stop_at:
-        pending.append((step, metrics))
-      if step % config.train.eval_every == 0 or step == steps:
+    def read_flag() -> None:
+      nonlocal last_flag
+      if last_flag is not None:
+        nonfinite.record(*last_flag)
+        last_flag = None
+
+    try:
+      while step < stop_at:
+        batch = sharding.global_batch_from_local(next(train_iter), trainer.batch_sharding)
+        state, metrics = train_step(state, batch)
+        step += 1
+        read_flag()
+        last_flag = (step, metrics['nonfinite'])
         log_pending()
-        summary.update(evaluate())
-        log.eval(step, {k: v for k, v in summary.items() if k.startswith('eval_')})
-        log.reset_clock(step)
-      if step % config.train.checkpoint_every == 0 or step == stop_at:
-        checkpointer.save(step, state, train_iter.get_state(), meta)
-    log_pending()
-    checkpointer.wait()
-    checkpointer.close()
-    log.close()
+        if step % config.train.log_every == 0 or step == stop_at:
+          pending.append((step, metrics))
+        if step % config.train.eval_every == 0 or step == steps:
+          log_pending()
+          summary.update(evaluate())
+          log.eval(step, {k: v for k, v in summary.items() if k.startswith('eval_')})
+          log.reset_clock(step)
+        summary['preempted'] = preemption.reached(step)
+        saved = False
+        if step % config.train.checkpoint_every == 0 or step == stop_at or summary['preempted']:
+          read_flag()
+          if nonfinite.in_a_row:  # the state is the last good one, but its step counter says otherwise
+            logging.warning('step %d: no checkpoint after a non-finite step', step)
+          else:
+            checkpointer.save(step, state, train_iter.get_state(), meta)
+            saved = True
+        if summary['preempted']:
+          logging.warning('preempted: stopped at step %d %s; rerun the same command to resume', step,
+                          'with a checkpoint' if saved else 'without one (a non-finite step)')
+          break
+      read_flag()
+      log_pending()
+    finally:
+      log.close()
   summary['step'] = step
   return summary

@@ -12,6 +12,9 @@ global batch): k microbatches give the same update as one step on the whole batc
 
 Sentence pairs (batches with `sentence_labels`, mlm.sentence_task nsp or sop): the loss adds the sentence head's
 mean cross-entropy over the batch's real examples to the MLM loss, as BertForPreTraining does.
+
+A step whose loss, gradients or updates are not all finite changes nothing but the step counter (the batch is
+consumed); metrics['nonfinite'] is 1 for it, and the loop counts such steps.
 """
 import dataclasses
 from typing import Any, Callable
@@ -103,10 +106,15 @@ def make_steps(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, 
   def train_step(state: dict, batch: dict) -> tuple[dict, dict]:
     grads, sums = mean_grads(state, batch)
     updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
-    params = optax.apply_updates(state['params'], updates)
+    grad_norm = optax.tree_utils.tree_norm(grads)
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves((sums, grad_norm, updates))]))
+    # A non-finite loss, gradient or update leaves the parameters and optimizer state as they were.
+    params = jax.tree.map(lambda p, u: jnp.where(finite, p + u.astype(p.dtype), p), state['params'], updates)
+    opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), opt_state, state['opt_state'])
     weight = jnp.maximum(sums['weight_sum'], 1.0)
     metrics = {'loss': sums['loss_sum'] / weight, 'accuracy': sums['correct_sum'] / weight,
-               'grad_norm': optax.tree_utils.tree_norm(grads), 'predicted_tokens': sums['weight_sum']}
+               'grad_norm': grad_norm, 'predicted_tokens': sums['weight_sum'],
+               'nonfinite': 1.0 - finite.astype(jnp.float32)}
     if 'sentence_loss_sum' in sums:  # `loss` stays the MLM loss; the optimised loss adds sentence_loss
       examples_count = jnp.maximum(sums['sentence_weight_sum'], 1.0)
       metrics.update(sentence_loss=sums['sentence_loss_sum'] / examples_count,

@@ -29,11 +29,11 @@ def _mesh_args(data, fsdp, tensor):
   return [f'--config.mesh.data={data}', f'--config.mesh.fsdp={fsdp}', f'--config.mesh.tensor={tensor}']
 
 
-def _train(workdir, processes, mesh, *extra, slurm=False):
-  """`python -m pretrain` as `processes` processes of 4 / processes CPU devices each (4 devices in all).
+def _start(workdir, processes, mesh, *extra, slurm=False, stderr=None) -> list[subprocess.Popen]:
+  """Starts `python -m pretrain` as `processes` processes of 4 / processes CPU devices each (4 devices in all).
 
   The processes find each other through the three cluster flags, or (slurm=True) through the environment
-  variables srun sets, which jax.distributed auto-detects.
+  variables srun sets, which jax.distributed auto-detects. stderr: one open file per process, else pipes.
   """
   devices = 4 // processes
   env = dict(os.environ, JAX_PLATFORMS='cpu',
@@ -51,7 +51,14 @@ def _train(workdir, processes, mesh, *extra, slurm=False):
                  '--process_id', str(i)]
     procs.append(subprocess.Popen(
         [sys.executable, '-m', 'pretrain', *MODEL_ARGS, '--workdir', str(workdir), *_mesh_args(*mesh), *cluster,
-         *extra], cwd=ROOT, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+         *extra], cwd=ROOT, env=dict(env), stdout=subprocess.DEVNULL,
+        stderr=stderr[i] if stderr else subprocess.PIPE, text=True))
+  return procs
+
+
+def _train(workdir, processes, mesh, *extra, slurm=False):
+  """_start, then each process's stderr once all have exited with code 0."""
+  procs = _start(workdir, processes, mesh, *extra, slurm=slurm)
   try:
     outputs = [proc.communicate(timeout=600)[1] for proc in procs]
   finally:

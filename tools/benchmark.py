@@ -28,7 +28,7 @@ import tempfile
 from collections.abc import Sequence
 
 from pretrain.core import accelerators
-from pretrain.core.cli import tool_main
+from pretrain.core.cli import ArgumentParser, tool_main
 from pretrain.core.config_files import load_config, parse_with_overrides
 from pretrain.core.errors import require
 
@@ -37,7 +37,7 @@ FIELDS = ('step_ms', 'tokens_per_sec', 'model_tflops_per_sec', 'mfu', 'compile_s
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog='python -m tools.benchmark', description=__doc__.splitlines()[0],
+  parser = ArgumentParser(prog='python -m tools.benchmark', description=__doc__.splitlines()[0],
                                    epilog='Any other --config.a.b=value overrides a config field.')
   parser.add_argument('--config', required=True, help='config file[:arg], e.g. configs/pretrain_mlm.py:size=tiny')
   parser.add_argument('--steps', type=int, default=20, help='timed steps (the median is reported)')

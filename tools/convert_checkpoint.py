@@ -15,12 +15,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pretrain.core.cli import tool_main
+from pretrain.core.cli import ArgumentParser, tool_main
 from pretrain.core.errors import ConfigError
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog='python -m tools.convert_checkpoint', description=__doc__.splitlines()[0])
+  parser = ArgumentParser(prog='python -m tools.convert_checkpoint', description=__doc__.splitlines()[0])
   commands = parser.add_subparsers(dest='command', required=True)
   to_hf = commands.add_parser('to-hf', help='our checkpoint -> a Hugging Face model directory')
   to_hf.add_argument('--checkpoint', required=True, help='a workdir, its checkpoints/ dir or a step dir')

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pretrain.core.cli import tool_main
+from pretrain.core.cli import ArgumentParser, tool_main
 from pretrain.core.errors import require
 from tools import checkpoint_model
 
@@ -74,7 +74,7 @@ def export_embeddings(checkpoint: str, out: str) -> dict:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog='python -m tools.export_embeddings',
+  parser = ArgumentParser(prog='python -m tools.export_embeddings',
                                    description=__doc__.splitlines()[0])
   parser.add_argument('--checkpoint', required=True, help='a workdir, its checkpoints/ dir or a step dir')
   parser.add_argument('--out', required=True, help='the word2vec text file to write (e.g. embeddings.vec)')

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from pretrain.core.cli import tool_main
+from pretrain.core.cli import ArgumentParser, tool_main
 from pretrain.core.errors import require
 from tools import checkpoint_model
 
@@ -77,7 +77,7 @@ def fill_mask(loaded: checkpoint_model.LoadedCheckpoint, text: str, top_k: int =
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog='python -m tools.fill_mask', description=__doc__.splitlines()[0])
+  parser = ArgumentParser(prog='python -m tools.fill_mask', description=__doc__.splitlines()[0])
   parser.add_argument('--checkpoint', required=True, help='a bert workdir, its checkpoints/ dir or a step dir')
   parser.add_argument('--top_k', type=int, default=5, help='tokens shown per [MASK]')
   parser.add_argument('text', help='text with one or more [MASK]')

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from pretrain.core.cli import tool_main
+from pretrain.core.cli import ArgumentParser, tool_main
 from pretrain.core.errors import require
 from tools import checkpoint_model
 
@@ -97,7 +97,7 @@ def generate(loaded: checkpoint_model.LoadedCheckpoint, prompt_ids: list[int], m
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog='python -m tools.generate', description=__doc__.splitlines()[0])
+  parser = ArgumentParser(prog='python -m tools.generate', description=__doc__.splitlines()[0])
   parser.add_argument('--checkpoint', required=True, help='a gpt2 workdir, its checkpoints/ dir or a step dir')
   parser.add_argument('--prompt', required=True, help='the text to continue')
   parser.add_argument('--max_new_tokens', type=int, default=32, help='at most this many tokens are added')

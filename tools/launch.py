@@ -23,7 +23,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from pretrain.core.cli import tool_main
+from pretrain.core.cli import ArgumentParser, tool_main
 from pretrain.core.errors import require
 from pretrain.core.files import write_atomic
 from tools import launch_slurm, launch_tpu
@@ -34,7 +34,7 @@ from tools.launch_check import check_fit, check_workdir, parse_env
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   argv = list(sys.argv[1:] if argv is None else argv)
   head, overrides = (argv[:argv.index('--')], argv[argv.index('--') + 1:]) if '--' in argv else (argv, [])
-  common = argparse.ArgumentParser(add_help=False)
+  common = ArgumentParser(add_help=False)
   common.add_argument('--config', required=True, help='FILE[:ARG], as `python -m pretrain --config` takes it')
   common.add_argument('--workdir', required=True, help='the run directory every process shares (a path on '
                       'shared storage: NFS, Filestore, a gcsfuse mount)')
@@ -43,7 +43,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   common.add_argument('--dry-run', '--dry_run', dest='dry_run', action='store_true',
                       help='print the commands (tpu) or the batch script (slurm); run nothing')
   overrides_help = 'Arguments after -- are --config.FIELD=VALUE overrides, passed on to python -m pretrain.'
-  parser = argparse.ArgumentParser(prog='python -m tools.launch', description=__doc__.splitlines()[0],
+  parser = ArgumentParser(prog='python -m tools.launch', description=__doc__.splitlines()[0],
                                    epilog=overrides_help)
   targets = parser.add_subparsers(dest='target', required=True)
 

@@ -38,7 +38,7 @@ import sys
 from collections.abc import Sequence
 
 from pretrain.core import accelerators
-from pretrain.core.cli import tool_main
+from pretrain.core.cli import ArgumentParser, tool_main
 from pretrain.core.config_files import load_config, parse_with_overrides
 from pretrain.core.errors import require
 
@@ -47,7 +47,7 @@ MESH_OVERRIDE = '--config.mesh.'
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog='python -m tools.plan', description=__doc__.splitlines()[0],
+  parser = ArgumentParser(prog='python -m tools.plan', description=__doc__.splitlines()[0],
                                    epilog='Any other --config.a.b=value overrides a config field.')
   parser.add_argument('--config', required=True, help='config file[:arg], e.g. configs/pretrain_clm.py:size=gpt2-large')
   parser.add_argument('--devices', type=int, required=True, help='devices (chips) of the job, e.g. 64')

@@ -34,7 +34,7 @@ import numpy as np
 from array_record.python.array_record_module import ArrayRecordWriter
 
 from pretrain import data, prepared, sources
-from pretrain.core.cli import tool_main
+from pretrain.core.cli import ArgumentParser, tool_main
 from pretrain.core.errors import require
 from pretrain.core.files import atomic_directory, check_output_dir
 from pretrain.core.tokenizer import Tokenizer
@@ -44,7 +44,7 @@ _SHARD_BYTES = 64 << 20  # default shard size (raw record bytes)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog='python -m tools.prepare_data', description=__doc__.splitlines()[0])
+  parser = ArgumentParser(prog='python -m tools.prepare_data', description=__doc__.splitlines()[0])
   parser.add_argument('--source', required=True, help=f'one of the schemes {", ".join(sources.SCHEMES)}, '
                       'e.g. builtin:stdlib-docs, text:/data/*.txt, jsonl:/data/*.jsonl, tfds:wikipedia/20230601.en')
   parser.add_argument('--tokenizer', required=True, help='SentencePiece .model file (copied into --out)')
@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> dict:
     (tmp / prepared.MANIFEST).write_text(json.dumps(manifest, indent=2) + '\n', encoding='utf-8')
   size = sum(p.stat().st_size for p in pathlib.Path(args.out).iterdir())
   c = result.counts
+  print(f'prepare_data: read {args.source}: ' + ' '.join(f'{k}={c[k]}' for k in stats.as_dict()), flush=True)
   print(f'wrote {args.out}: {c["documents"]:,} documents -> {c["train_rows"]:,} train rows '
         f'({c["train_tokens"]:,} tokens, {c["train_shards"]} shards), {c["eval_rows"]:,} eval rows '
         f'({c["eval_tokens"]:,} tokens), {size / 2**20:.1f} MiB in {time.perf_counter() - started:.1f}s', flush=True)
@@ -118,9 +119,7 @@ def _write_pass(docs: Iterator[str], stats: sources.SourceStats, tokenizer: Toke
     for split, (tokens, kind, count) in zip(prepared.SPLITS, streams):
       writers[split].add(tokens, kind, count)
     progress.update(len(u), sum(len(s[0]) for s in streams), writers)
-  counts = stats.as_dict()
-  require(counts['documents'] > 0, f"--source: no documents in '{args.source}' after filtering ("
-          + ', '.join(f'{k} {v}' for k, v in counts.items() if v) + ')')
+  counts = stats.as_dict()  # read_documents raised if nothing was left
   shards = {split: writer.close() for split, writer in writers.items()}
   progress.update(0, 0, writers, final=True)
   for split, writer in writers.items():

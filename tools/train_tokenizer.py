@@ -14,13 +14,13 @@ import time
 from collections.abc import Sequence
 
 from pretrain import sources
-from pretrain.core.cli import tool_main
-from pretrain.core.errors import ConfigError
+from pretrain.core.cli import ArgumentParser, tool_main
+from pretrain.core.errors import require
 from pretrain.core.tokenizer import train_sentencepiece
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog='python -m tools.train_tokenizer', description=__doc__.splitlines()[0])
+  parser = ArgumentParser(prog='python -m tools.train_tokenizer', description=__doc__.splitlines()[0])
   parser.add_argument('--source', required=True, help=f'one of the schemes {", ".join(sources.SCHEMES)}, '
                       'e.g. builtin:stdlib-docs, text:/data/*.txt, jsonl:/data/*.jsonl')
   parser.add_argument('--vocab_size', type=int, required=True, help='number of pieces, e.g. 8000')
@@ -31,12 +31,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> None:
+  require(args.vocab_size > 0, f'--vocab_size: must be positive, got {args.vocab_size}')  # before reading the corpus
   stats = sources.SourceStats()
   started = time.perf_counter()
   docs = list(sources.read_documents(args.source, max_doc_chars=args.max_doc_chars, stats=stats, field='--source'))
   counts = ' '.join(f'{k}={v}' for k, v in stats.as_dict().items())
-  if not docs:
-    raise ConfigError(f"--source: no documents in '{args.source}' after filtering ({counts})")
   tokenizer = train_sentencepiece(docs, args.vocab_size, args.out, vocab_field='--vocab_size', seed=args.seed)
   print(f'wrote {args.out}: vocab_size={tokenizer.vocab_size} {counts} '
         f'in {time.perf_counter() - started:.1f}s')

@@ -4,23 +4,33 @@
   data   the input pipeline's iterator state (JSON)
   meta   the config and the tokenizer (JSON), so a checkpoint is self-contained
 
+A step counts only once Orbax has committed it: written under a temporary name, renamed into place, with
+`commit_success.txt` written last. On start, a step directory without that marker (a save cut short, a partial
+copy) and a committed step that fails to restore (a truncated file) are moved to WORKDIR/corrupt_checkpoints/
+with a warning naming them, and the newest good step is used. Old steps are deleted (keep-N) only after a newer
+one has committed.
+
 `restore_params` is the cheap params-only path used by finetune and the tools.
 """
 import base64
+import contextlib
 import json
 import logging
 import os
 import pathlib
+import re
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from pretrain.core import hf_tokenizer
-from pretrain.core.errors import ConfigError
+from pretrain.core.errors import ConfigError, JobError
 from pretrain.core.tokenizer import Tokenizer
 
 FORMAT_VERSION = 1
+COMMIT_MARKER = 'commit_success.txt'  # Orbax writes it into a step directory last
 
 
 class _NoItemMetadataWarning(logging.Filter):
@@ -34,22 +44,62 @@ class _NoItemMetadataWarning(logging.Filter):
 logging.getLogger('absl').addFilter(_NoItemMetadataWarning())
 
 
+class CheckpointWriteError(JobError):
+  """A checkpoint could not be written (disk full, unwritable directory); earlier checkpoints are intact."""
+
+
+def committed(step_dir: pathlib.Path) -> bool:
+  return (step_dir / COMMIT_MARKER).is_file()
+
+
+def _everywhere(ok: bool) -> bool:
+  """True when `ok` holds on every process (one collective in multi-process jobs)."""
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+
+
 class Checkpointer:
   """A CheckpointManager for one workdir. All processes call save/restore together."""
 
   def __init__(self, workdir: str | os.PathLike, keep: int = 3, async_save: bool = True):
     self.directory = pathlib.Path(workdir).absolute() / 'checkpoints'
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           enable_async_checkpointing=async_save)
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
+                                           cleanup_tmp_directories=True)  # saves cut short by a kill
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=('state', 'data', 'meta'))
+    for step in self.manager.all_steps():
+      if not committed(self.directory / str(step)):
+        self.set_aside(step, f'no commit marker {COMMIT_MARKER} (a save cut short, or a partial copy)')
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
+  def set_aside(self, step: int, reason: str) -> None:
+    """Moves an unusable step to WORKDIR/corrupt_checkpoints/ (never deletes it), with a warning naming it."""
+    source = self.directory / str(step)
+    quarantine = self.directory.parent / 'corrupt_checkpoints'
+    target = quarantine / str(step)
+    for n in range(1, 1000):
+      if not target.exists():
+        break
+      target = quarantine / f'{step}.{n}'
+    logging.warning('checkpoint %s is unusable: %s; moved to %s', source, reason, target)
+    if jax.process_index() == 0:
+      quarantine.mkdir(exist_ok=True)
+      source.rename(target)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices(f'checkpoint set aside {step}')
+    self.manager.reload()
+
   def save(self, step: int, state: Any, data_state: dict, meta: dict) -> None:
-    """Starts an async save; the arrays are copied off the device before this returns."""
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state), meta=ocp.args.JsonSave(meta)))
+    """Starts an async save; the arrays are copied off the device before this returns.
+
+    Raises CheckpointWriteError when this or the previous save could not be written."""
+    with self._write_errors():
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state), meta=ocp.args.JsonSave(meta)))
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
     """abstract_state: ShapeDtypeStructs carrying the target shardings (any mesh)."""
@@ -58,14 +108,91 @@ class Checkpointer:
         meta=ocp.args.JsonRestore()))
     return restored['state'], restored['data'], restored['meta']
 
-  def restore_meta(self, step: int) -> dict:
-    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+  def restore_newest(self, abstract_state: Any, newest: int) -> tuple[int, Any, dict]:
+    """(step, state, data state) of the newest step <= `newest` that restores whole on every process.
+
+    Steps that fail (a truncated or missing file) are set aside once an older one has restored; when none
+    restores, nothing is moved and a ConfigError names them all."""
+    failed = []
+    for step in reversed(self.manager.all_steps()):
+      if step > newest:  # newest_meta could not read it
+        failed.append((step, 'its meta item does not read'))
+        continue
+      try:
+        step_dir = self.directory / str(step)
+        _check_shapes(abstract_state['params'], _stored_params(step_dir), step_dir)  # a new config: ConfigError
+        state, data_state, _ = self.restore(step, abstract_state)
+        ok = True
+      except ConfigError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except
+        ok, state, data_state = False, None, None
+        failed.append((step, f'{type(e).__name__}: {_short(e)}'))
+      if _everywhere(ok):
+        for bad_step, reason in failed:
+          self.set_aside(bad_step, f'it does not restore ({reason})')
+        return step, state, data_state
+      if ok:
+        failed.append((step, 'it does not restore on another process'))
+    raise ConfigError(f'checkpoint: no checkpoint under {self.directory} restores ('
+                      + '; '.join(f'step {s}: {r}' for s, r in failed)
+                      + '); move them away to start afresh in this workdir')
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    with self._write_errors():
+      self.manager.wait_until_finished()
 
   def close(self) -> None:
-    self.manager.close()
+    with self._write_errors():
+      self.manager.close()
+
+  def abandon(self) -> None:
+    """After an error: lets a save in flight commit (or fail) without raising a second error."""
+    try:
+      self.manager.close()
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning('checkpoint: the save in flight failed as well: %s', _short(e))
+
+  @contextlib.contextmanager
+  def _write_errors(self):
+    try:
+      yield
+    except ConfigError:
+      raise
+    except (OSError, ValueError, RuntimeError) as e:  # Orbax re-raises a failed background write here
+      if not isinstance(e, OSError) and 'os_error_code' not in str(e):
+        raise  # not the filesystem (e.g. a collective that failed because another process died)
+      good = [s for s in self.manager.all_steps() if committed(self.directory / str(s))]
+      raise CheckpointWriteError(
+          f'checkpoint: writing to {self.directory} failed ({_os_error(e)}); the committed checkpoints '
+          f'(steps {good}) are intact: free space or fix the directory, then rerun to resume') from e
+
+
+def _os_error(e: BaseException) -> str:
+  """The operating system's reason when a (TensorStore) error carries one, e.g. 'No space left on device'."""
+  if isinstance(e, OSError) and e.strerror:
+    return e.strerror
+  code = re.search(r"os_error_code='?(\d+)", str(e))
+  return os.strerror(int(code.group(1))) if code else f'{type(e).__name__}: {_short(e)}'
+
+
+def _short(e: BaseException, limit: int = 300) -> str:
+  text = ' '.join(str(e).split())
+  return text if len(text) <= limit else text[:limit] + '...'
+
+
+def newest_meta(directory: pathlib.Path) -> tuple[int, dict] | None:
+  """(step, meta) of the newest committed step under `directory` whose meta item reads; None if there is none.
+
+  Reads only: a step that fails is warned about here and set aside when the Checkpointer restores."""
+  steps = sorted((int(p.name) for p in directory.glob('*') if p.name.isdigit() and committed(p)), reverse=True)
+  for step in steps:
+    try:
+      return step, ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(directory / str(step) / 'meta')
+    except Exception as e:  # pylint: disable=broad-except  # a torn or truncated item
+      logging.warning('checkpoint %s: its meta item does not read (%s: %s); trying an older step',
+                      directory / str(step), type(e).__name__, _short(e))
+  return None
 
 
 def make_meta(config, tokenizer, **extra) -> dict:
@@ -90,10 +217,18 @@ def resolve(path: str | os.PathLike) -> tuple[pathlib.Path, int]:
   if not path.exists():
     raise ConfigError(f'checkpoint: {path} does not exist')
   if path.name.isdigit() and (path / 'state').exists():
+    if not committed(path):
+      raise ConfigError(f'checkpoint: {path} has no commit marker {COMMIT_MARKER} (a save cut short, or a partial '
+                        'copy)')
     return path.parent, int(path.name)
   if (path / 'checkpoints').is_dir():
     path = path / 'checkpoints'
-  steps = sorted(int(p.name) for p in path.iterdir() if p.name.isdigit() and (p / 'state').exists())
+  candidates = [p for p in path.iterdir() if p.name.isdigit() and (p / 'state').exists()]
+  for p in candidates:
+    if not committed(p):
+      logging.warning('checkpoint: skipping %s: no commit marker %s (a save cut short, or a partial copy)', p,
+                      COMMIT_MARKER)
+  steps = sorted(int(p.name) for p in candidates if committed(p))
   if not steps:
     raise ConfigError(f'checkpoint: no checkpoint steps under {path}')
   return path, steps[-1]

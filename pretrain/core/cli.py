@@ -1,6 +1,9 @@
 """Command-line conventions shared by the entry points: bad flags and configs give one line and exit code 2."""
+import argparse
+import atexit
 import importlib
 import logging as pylogging
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -9,12 +12,21 @@ from typing import Any, Callable, NoReturn
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from pretrain.core.errors import ConfigError
+from pretrain.core import peer_watchdog
+from pretrain.core.errors import ConfigError, JobError
 
 
-def fail(message: str) -> NoReturn:
+def fail(message: str, code: int = 2) -> NoReturn:
   print(f'error: {message}', file=sys.stderr)
-  sys.exit(2)
+  sys.exit(code)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse for the tools: a bad flag prints the usage, then `error: --flag: ...` last, and exits 2."""
+
+  def error(self, message: str) -> NoReturn:
+    self.print_usage(sys.stderr)
+    fail(re.sub(r'^argument (\S+): ', r'\1: ', message))
 
 
 def _last_line(text: str) -> str:
@@ -41,6 +53,29 @@ def parse_flags(argv: list[str]) -> list[str]:
     fail(f'--config: {text}')
 
 
+_unraisable_seen = set()
+
+
+def _one_line_unraisable(unraisable) -> None:
+  """An error in a library's callback after its work failed (Orbax's `Event loop is closed` once a save has
+  failed): one warning line per kind instead of a traceback each."""
+  text = f'{type(unraisable.exc_value).__name__}: {unraisable.exc_value}'
+  if text not in _unraisable_seen:
+    _unraisable_seen.add(text)
+    logging.warning('ignored in a background callback: %s', text)
+
+
+def _fail_now(message: str) -> NoReturn:
+  """Exit code 1 with `error: message` last: the run has already waited for its saves and closed its logs, and
+  the interpreter's shutdown would add the tracebacks of library threads whose work failed with it."""
+  atexit._run_exitfuncs()  # pylint: disable=protected-access  # jax.distributed's shutdown, the peer watchdog's
+  logging.flush()
+  print(f'error: {message}', file=sys.stderr)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(1)  # pylint: disable=protected-access
+
+
 def run_config_cli(config_example: str, workdir_help: str, run_function: str) -> None:
   """`python -m X --config FILE[:ARG] --workdir DIR [--config.a.b=v ...]`: calls run_function(config, workdir).
 
@@ -54,6 +89,10 @@ def run_config_cli(config_example: str, workdir_help: str, run_function: str) ->
                                     '(auto-detected on TPU pods and SLURM; give all three flags elsewhere).')
   num_processes = flags.DEFINE_integer('num_processes', None, 'Multi-process jobs: the number of processes.')
   process_id = flags.DEFINE_integer('process_id', None, 'Multi-process jobs: this process, 0..num_processes-1.')
+  heartbeat_timeout = flags.DEFINE_integer(
+      'heartbeat_timeout_s', peer_watchdog.DEFAULT_TIMEOUT_S, 'Multi-process jobs: a process silent this long '
+      '(dead, hung, unreachable) is lost: the others exit with code 1 and one line naming it; restart them all to '
+      'resume from the last checkpoint.')
 
   def main(argv):
     if len(argv) > 1:
@@ -63,13 +102,20 @@ def run_config_cli(config_example: str, workdir_help: str, run_function: str) ->
     run = getattr(importlib.import_module(module), name)
     from pretrain.metrics_log import quiet_library_logs  # pylint: disable=g-import-not-at-top
     quiet_library_logs()
+    sys.unraisablehook = _one_line_unraisable
     try:
-      if distributed.initialize(coordinator.value, num_processes.value, process_id.value):
+      if distributed.initialize(coordinator.value, num_processes.value, process_id.value,
+                                heartbeat_timeout_s=heartbeat_timeout.value):
         distributed.quiet_other_processes()
       run(config.value, workdir.value)
     except ConfigError as e:
       logging.flush()
       fail(str(e))
+    except JobError as e:  # the run could not go on: diverged, a failed checkpoint write
+      _fail_now(str(e))
+    except OSError as e:  # a write to the workdir failed (disk full, ...)
+      _fail_now(f'{e.filename or "workdir"}: {e.strerror or e}; the committed checkpoints are intact, rerun to '
+                'resume')
 
   app.run(main, flags_parser=parse_flags)
 

@@ -9,6 +9,7 @@ import logging
 import jax
 import numpy as np
 
+from pretrain.core import peer_watchdog
 from pretrain.core.errors import ConfigError, require
 
 log = logging.getLogger(__name__)
@@ -34,12 +35,16 @@ def detected_cluster() -> str | None:
 
 
 def initialize(coordinator_address: str = '', num_processes: int | None = None, process_id: int | None = None,
-               timeout_s: int = 300) -> bool:
+               timeout_s: int = 300, heartbeat_timeout_s: int = peer_watchdog.DEFAULT_TIMEOUT_S) -> bool:
   """Joins the job's processes; returns True when jax.distributed was initialised.
 
   With the three arguments: that job. Without them: JAX's auto-detection when a TPU pod or SLURM job (or another
   cluster JAX knows) is detected; otherwise a one-process job. Must run before anything touches a device.
+  A process silent for heartbeat_timeout_s stops all the others, each with one line (pretrain.core.peer_watchdog).
   """
+  require(heartbeat_timeout_s >= 1, f'--heartbeat_timeout_s: must be >= 1, got {heartbeat_timeout_s}')
+  timeouts = {'initialization_timeout': timeout_s,
+              'heartbeat_timeout_seconds': peer_watchdog.runtime_heartbeat_timeout(heartbeat_timeout_s)}
   explicit = {'--coordinator_address': coordinator_address, '--num_processes': num_processes,
               '--process_id': process_id}
   given = [flag for flag, value in explicit.items() if value not in ('', None)]
@@ -51,16 +56,28 @@ def initialize(coordinator_address: str = '', num_processes: int | None = None, 
     require(num_processes >= 1, f'--num_processes: must be >= 1, got {num_processes}')
     require(0 <= process_id < num_processes,
             f'--process_id: must be in [0, {num_processes}) for --num_processes {num_processes}, got {process_id}')
-    jax.distributed.initialize(coordinator_address, num_processes, process_id, initialization_timeout=timeout_s)
+    jax.distributed.initialize(coordinator_address, num_processes, process_id, **timeouts)
   else:
     cluster = detected_cluster()
     if cluster is None:
       return False
     log.info('jax.distributed: auto-detected %s', cluster)
-    jax.distributed.initialize(initialization_timeout=timeout_s)
+    jax.distributed.initialize(**timeouts)
+  _watch_peers(heartbeat_timeout_s)
   log.info('jax.distributed: process %d of %d, %d local of %d devices', jax.process_index(), jax.process_count(),
            jax.local_device_count(), jax.device_count())
   return True
+
+
+def _watch_peers(timeout_s: int) -> None:
+  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+  state = jax_distributed.global_state
+  if getattr(state, 'client', None) is None:  # a JAX release that moved it: JAX's own (cruder) check remains
+    log.warning('jax.distributed: no runtime client found; a lost process is reported by JAX\'s runtime only')
+    return
+  if state.num_processes > 1:
+    peer_watchdog.PeerWatchdog(state.client, state.process_id, state.num_processes, timeout_s,
+                               state.coordinator_address or '').start()
 
 
 def quiet_other_processes() -> None:

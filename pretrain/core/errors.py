@@ -14,3 +14,7 @@ def require(condition: bool, message: str) -> None:
 def first_line(e: BaseException) -> str:
   """The first line of an exception's message (its type name when it has none)."""
   return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+class JobError(RuntimeError):
+  """A run that cannot go on (training diverged, a checkpoint write failed): one line, exit code 1."""

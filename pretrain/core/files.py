@@ -48,3 +48,15 @@ def atomic_directory(path: str | os.PathLike, field: str = '--out') -> Iterator[
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
+
+
+def check_writable_dir(path: str | os.PathLike, field: str = '--workdir') -> pathlib.Path:
+  """`path` (absolute), created if needed, once a file could be written in it; else an error naming `field`."""
+  path = pathlib.Path(path).absolute()
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path, prefix='.write-test.'):
+      pass
+  except OSError as e:
+    raise ConfigError(f'{field}: {path} is not a writable directory ({e.strerror or e})') from None
+  return path

@@ -9,6 +9,18 @@ from pretrain.core.errors import require
 VARIANTS = ('bert', 'gpt2')
 REMAT_POLICIES = ('none', 'full', 'dots_saveable', 'dots_with_no_batch_dims')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+# The settings that leave the parameters alone: a fine-tuning run sets them over its checkpoint's.
+RUNTIME_FIELDS = ('dropout_rate', 'attention_dropout_rate', 'dtype', 'remat_policy')
+
+
+def validate_runtime(model_cfg) -> None:
+  """Checks RUNTIME_FIELDS of a ModelConfig or a config's `model` section."""
+  for name in ('dropout_rate', 'attention_dropout_rate'):
+    rate = getattr(model_cfg, name)
+    require(0.0 <= rate < 1.0, f'model.{name}: must be in [0, 1), got {rate}')
+  require(model_cfg.dtype in DTYPES, f'model.dtype: {model_cfg.dtype!r} is not one of {tuple(DTYPES)}')
+  require(model_cfg.remat_policy in REMAT_POLICIES,
+          f'model.remat_policy: {model_cfg.remat_policy!r} is not one of {REMAT_POLICIES}')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,11 +75,7 @@ class ModelConfig:
             f'model.num_heads: {self.num_heads} does not divide model.hidden_size {self.hidden_size}')
     require(self.variant != 'bert' or self.type_vocab_size > 0,
             'model.type_vocab_size: the bert variant needs at least 1 token type')
-    for name in ('dropout_rate', 'attention_dropout_rate'):
-      require(0.0 <= getattr(self, name) < 1.0, f'model.{name}: must be in [0, 1), got {getattr(self, name)}')
-    require(self.dtype in DTYPES, f'model.dtype: {self.dtype!r} is not one of {tuple(DTYPES)}')
-    require(self.remat_policy in REMAT_POLICIES,
-            f'model.remat_policy: {self.remat_policy!r} is not one of {REMAT_POLICIES}')
+    validate_runtime(self)
 
   def checkpoint_policy(self):
     """The jax.checkpoint policy for one block, or None when nothing is rematerialised."""

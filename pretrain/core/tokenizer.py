@@ -29,6 +29,7 @@ MASK_PIECE = '[MASK]'
 TRAINER_VERSION = 1
 _MAX_TRAIN_SENTENCES = 2_000_000
 _MAX_SENTENCE_CHARS = 4096  # the trainer silently drops sentences over max_sentence_length bytes
+_BATCH_CHARS = 1 << 22  # characters per encode_batch call in text_batches: bounds its Python id lists
 # The trained model depends on the trainer's thread count (not on the machine): fixed, so every host of a
 # multi-host job, whatever its core count, trains the identical tokenizer.
 _TRAIN_THREADS = 8
@@ -132,6 +133,22 @@ class Tokenizer:
 
   def __repr__(self) -> str:
     return f'Tokenizer({self._name!r}, vocab_size={self.vocab_size})'
+
+
+def text_batches(texts: Sequence[str], max_texts: int, max_chars: int = _BATCH_CHARS) -> Iterator[Sequence[str]]:
+  """Consecutive slices of `texts` with at most max_texts texts and max_chars characters (or one longer text).
+
+  encode_batch returns Python lists, about 36 bytes a token: encoding a 100 MB corpus in one call takes
+  gigabytes, in slices of 4M characters about 100 MB at a time.
+  """
+  start = chars = 0
+  for i, text in enumerate(texts):
+    if i > start and (i - start == max_texts or chars + len(text) > max_chars):
+      yield texts[start:i]
+      start, chars = i, 0
+    chars += len(text)
+  if start < len(texts):
+    yield texts[start:]
 
 
 def train_sentencepiece(texts: Iterable[str], vocab_size: int, out_path: str | os.PathLike | None = None,
