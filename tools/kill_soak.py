@@ -9,7 +9,8 @@ the last kill the run is left to finish. Checked:
   - every restart resumed from the newest committed checkpoint on disk (nothing committed is lost);
   - the final checkpoint equals the reference's bit for bit: parameters, optimizer state, step, RNG and the
     input pipeline's position; and every step's logged train loss equals the reference's.
-Bit-for-bit equality holds on CPU with the same device count (the default here: the tiny model, below).
+Bit-for-bit equality holds on CPU with the same device count (the default here: the tiny model, below, with
+4 steps per kill, at least 40, unless --config.train.steps is given).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 
+from pretrain.core import checkpoint as checkpoint_lib
 from pretrain.core.cli import ArgumentParser, tool_main
 from pretrain.core.config_files import load_config, parse_with_overrides
 from pretrain.core.errors import JobError, require
@@ -80,7 +82,7 @@ def committed_steps(workdir: pathlib.Path) -> list[int]:
   directory = workdir / 'checkpoints'
   if not directory.is_dir():
     return []
-  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and (p / 'commit_success.txt').is_file())
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and checkpoint_lib.committed(p))
 
 
 def _save_in_flight(workdir: pathlib.Path) -> bool:
@@ -159,7 +161,7 @@ def _wait_for_moment(proc: PretrainProcess, workdir: pathlib.Path, moment: str, 
 
 
 def soak(config: str, overrides: Sequence[str], workdir: pathlib.Path, kills: int, seed: int,
-         startup_s: float, steps: int, say=print) -> list[Kill]:
+         startup_s: float, steps: int, checkpoint_every: int, say=print) -> list[Kill]:
   """Runs pretraining in `workdir`, killed `kills` times, then to the end; checks every resume."""
   rng = random.Random(seed)
   done: list[Kill] = []
@@ -175,8 +177,10 @@ def soak(config: str, overrides: Sequence[str], workdir: pathlib.Path, kills: in
       proc.finish()
       return done
     start = (done[-1].committed or 0) if done else 0
-    # Leave room for the kills still to come: aim at most 1/(kills left + 1) of the remaining steps ahead.
-    target = start + rng.randint(1, max(1, (steps - start) // (kills - len(done) + 1)))
+    # Up to a share of the remaining steps ahead (room for the kills to come), and at least past the next
+    # checkpoint or two, so that the run makes progress between kills.
+    share = (steps - start) // (kills - len(done) + 1)
+    target = min(steps - 1, start + rng.randint(1, max(2 * checkpoint_every, share)))
     moment = rng.choice(MOMENTS)
     if not _wait_for_moment(proc, workdir, moment, rng, startup_s, target):
       proc.finish()  # it finished before the moment came
@@ -265,7 +269,7 @@ def run_soak(config: str, overrides: Sequence[str], root: pathlib.Path, kills: i
   reference_s = time.monotonic() - start
   say(f'reference run: {steps} steps in {reference_s:.1f} s (first step logged after {startup_s:.1f} s)')
   start = time.monotonic()
-  done = soak(config, overrides, killed, kills, seed, startup_s, steps, say)
+  done = soak(config, overrides, killed, kills, seed, startup_s, steps, loaded.train.checkpoint_every, say)
   soak_s = time.monotonic() - start
   compare(reference, killed, steps)
   report = Report(done, steps, reference_s, soak_s)
@@ -288,7 +292,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> Report:
   root = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix='kill_soak.')).absolute()
   print(f'workdirs under {root}', flush=True)
-  return run_soak(args.config, [*DEFAULT_OVERRIDES, *args.overrides], root, args.kills, args.seed,
+  # Unless given, enough steps for the kills: about 4 per kill (at least the default 40).
+  steps = [] if any(o.startswith('--config.train.steps=') for o in args.overrides) else [
+      f'--config.train.steps={max(40, 4 * args.kills)}']
+  return run_soak(args.config, [*DEFAULT_OVERRIDES, *steps, *args.overrides], root, args.kills, args.seed,
                   say=lambda line: print(line, flush=True))
 
 
