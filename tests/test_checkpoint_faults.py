@@ -90,7 +90,8 @@ def test_a_failed_checkpoint_write_is_one_clear_error_and_the_committed_ones_res
   first = _pretrain(tmp_path, '--config.train.steps=4')
   assert first.returncode == 0, first.stderr[-2000:]
   # 32 KiB: the logs, the tokenizer and the JSON items still fit; the arrays' data files do not.
-  full = _pretrain(tmp_path, '--config.train.steps=8', file_size_kib=32)
+  # keep 2: committing step 6 would delete step 2, so step 2 surviving shows nothing is deleted before a commit.
+  full = _pretrain(tmp_path, '--config.train.steps=8', '--config.train.keep_checkpoints=2', file_size_kib=32)
   assert full.returncode == 1, full.stderr[-3000:]
   last = full.stderr.strip().splitlines()[-1]
   assert last == (f'error: checkpoint: writing to {tmp_path / "checkpoints"} failed (File too large); the '

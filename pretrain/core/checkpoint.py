@@ -7,8 +7,8 @@
 A step counts only once Orbax has committed it: written under a temporary name, renamed into place, with
 `commit_success.txt` written last. On start, a step directory without that marker (a save cut short, a partial
 copy) and a committed step that fails to restore (a truncated file) are moved to WORKDIR/corrupt_checkpoints/
-with a warning naming them, and the newest good step is used. Old steps are deleted (keep-N) only after a newer
-one has committed.
+with a warning naming them, and the newest good step is used. Keep-N is ours, not Orbax's (which deletes old
+steps even when the newer save failed): old steps are deleted only once every save has committed.
 
 `restore_params` is the cheap params-only path used by finetune and the tools.
 """
@@ -65,7 +65,9 @@ class Checkpointer:
 
   def __init__(self, workdir: str | os.PathLike, keep: int = 3, async_save: bool = True):
     self.directory = pathlib.Path(workdir).absolute() / 'checkpoints'
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
+    self.keep = keep
+    # Keep-N is ours (_delete_old): Orbax's own deletes old steps even when the newer save failed.
+    options = ocp.CheckpointManagerOptions(max_to_keep=None, create=True, enable_async_checkpointing=async_save,
                                            cleanup_tmp_directories=True)  # saves cut short by a kill
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=('state', 'data', 'meta'))
     for step in self.manager.all_steps():
@@ -97,6 +99,8 @@ class Checkpointer:
     """Starts an async save; the arrays are copied off the device before this returns.
 
     Raises CheckpointWriteError when this or the previous save could not be written."""
+    self.wait()  # the previous save has committed (or this raises), so the oldest steps may go
+    self._delete_old()
     with self._write_errors():
       self.manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state), meta=ocp.args.JsonSave(meta)))
@@ -143,8 +147,15 @@ class Checkpointer:
       self.manager.wait_until_finished()
 
   def close(self) -> None:
+    self.wait()
+    self._delete_old()
     with self._write_errors():
       self.manager.close()
+
+  def _delete_old(self) -> None:
+    """Deletes all but the newest `keep` steps; call only when no save is in flight (all steps committed)."""
+    for step in sorted(self.manager.all_steps())[:-self.keep]:
+      self.manager.delete(step)
 
   def abandon(self) -> None:
     """After an error: lets a save in flight commit (or fail) without raising a second error."""
