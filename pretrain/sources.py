@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import gc
 import glob
 import json
 import logging
@@ -274,9 +275,18 @@ def _extract_stdlib_docs() -> list[str]:
 def _module_docstrings(path: str) -> str:
   """Module, class and function docstrings of one file in source order, blank-line separated."""
   try:
-    tree = ast.parse(pathlib.Path(path).read_bytes())
-  except (SyntaxError, ValueError, OSError):
+    source = pathlib.Path(path).read_bytes()
+  except OSError:
     return ''
+  collecting = gc.isenabled()
+  gc.disable()  # CPython 3.11: finalizers run by a collection inside ast.parse can break its depth check
+  try:
+    tree = ast.parse(source)
+  except (SyntaxError, ValueError):
+    return ''
+  finally:
+    if collecting:
+      gc.enable()
   parts = []
 
   def visit(node: ast.AST) -> None:

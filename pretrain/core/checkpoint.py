@@ -14,6 +14,7 @@ steps even when the newer save failed): old steps are deleted only once every sa
 """
 import base64
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -132,6 +133,8 @@ class Checkpointer:
       except Exception as e:  # pylint: disable=broad-except
         ok, state, data_state = False, None, None
         failed.append((step, f'{type(e).__name__}: {_short(e)}'))
+      if not ok:
+        gc.collect()  # the failed restore's pending reads are finalised now, not inside some later call
       if _everywhere(ok):
         for bad_step, reason in failed:
           self.set_aside(bad_step, f'it does not restore ({reason})')
