@@ -16,7 +16,7 @@ class PreemptionWatch:
 
   def __init__(self):
     self.signalled = False
-    self._previous = None
+    self._installed, self._previous = False, None  # _previous may be None: a handler not set from Python
 
   def _on_sigterm(self, signum, frame):  # pylint: disable=unused-argument
     if not self.signalled:
@@ -26,12 +26,13 @@ class PreemptionWatch:
   def __enter__(self) -> 'PreemptionWatch':
     if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+      self._installed = True
     return self
 
   def __exit__(self, *exc) -> None:
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
+    if self._installed:
+      signal.signal(signal.SIGTERM, signal.SIG_DFL if self._previous is None else self._previous)
+      self._installed = False
 
   def reached(self, step: int) -> bool:
     if jax.process_count() > 1:
