@@ -1,1 +1,1 @@
-"""GLUE fine-tuning from pretraining checkpoints (restores params only, through pretrain.core.checkpoint)."""
+"""GLUE fine-tuning from pretraining checkpoints (restores params only, through pretrain.runtime.checkpoint)."""

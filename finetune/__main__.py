@@ -1,6 +1,6 @@
 """python -m finetune --config configs/finetune_glue.py:task=sst2 --workdir DIR \
      --config.init_checkpoint=CKPT --config.data.source=glue_dir:PATH [--config.seed=S ...]"""
-from pretrain.core.cli import run_config_cli
+from pretrain.runtime.cli import run_config_cli
 
 if __name__ == '__main__':
   run_config_cli('configs/finetune_glue.py:task=sst2',

@@ -9,11 +9,12 @@ import types
 from finetune.data import GLUE_DIR_SCHEME, glue_dir
 from finetune.model import POOLINGS
 from finetune.tasks import TASKS, Task
-from pretrain.core import checkpoint as checkpoint_lib
-from pretrain.core import optim
-from pretrain.core.errors import require
-from pretrain.core.model_config import RUNTIME_FIELDS, ModelConfig, validate_runtime
-from pretrain.core.tokenizer import Tokenizer
+from pretrain.data.tokenizers import tokenizer_from_meta
+from pretrain.runtime import checkpoint as checkpoint_lib
+from pretrain import optim
+from pretrain.runtime.errors import require
+from pretrain.model.config import RUNTIME_FIELDS, ModelConfig, validate_runtime
+from pretrain.data.tokenizer import Tokenizer
 
 SOURCE_SCHEMES = (GLUE_DIR_SCHEME, 'tfds:')
 
@@ -62,7 +63,7 @@ def validate(config) -> Task:
 
 
 def optimizer_settings(train_cfg, total_steps: int) -> types.SimpleNamespace:
-  """The fields pretrain.core.optim reads, with steps and warmup from the epoch count."""
+  """The fields pretrain.optim reads, with steps and warmup from the epoch count."""
   settings = types.SimpleNamespace(
       steps=total_steps, warmup_steps=round(train_cfg.warmup_fraction * total_steps),
       **{k: train_cfg[k] for k in ('learning_rate', 'end_learning_rate_fraction', 'schedule', 'weight_decay',
@@ -77,7 +78,7 @@ def load_pretrained(config) -> Pretrained:
   saved = dict(meta['config']['model'])
   saved.update({k: config.model[k] for k in RUNTIME_FIELDS})
   model_cfg = ModelConfig.from_config(saved)
-  tokenizer = checkpoint_lib.load_tokenizer(meta)
+  tokenizer = tokenizer_from_meta(meta)
   require(tokenizer.vocab_size <= model_cfg.vocab_size,
           f'init_checkpoint: its tokenizer has {tokenizer.vocab_size} pieces but model.vocab_size is '
           f'{model_cfg.vocab_size} in {step_dir}')

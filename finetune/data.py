@@ -12,7 +12,7 @@ import numpy as np
 from absl import logging
 
 from finetune.tasks import TASKS, Task
-from pretrain.core.errors import ConfigError, require
+from pretrain.runtime.errors import ConfigError, require
 
 GLUE_DIR_SCHEME = 'glue_dir:'
 INDEX_COLUMNS = ('index', 'id')

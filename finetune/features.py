@@ -9,7 +9,7 @@ rounded up to PAD_MULTIPLE, capped at data.max_length, so short-sentence tasks d
 import numpy as np
 
 from finetune.data import Examples
-from pretrain.core.tokenizer import Tokenizer
+from pretrain.data.tokenizer import Tokenizer
 
 PAD_MULTIPLE = 16
 

@@ -17,8 +17,8 @@ import numpy as np
 from absl import logging
 
 from finetune.tasks import TASKS
-from pretrain.core.cli import fail
-from pretrain.core.errors import ConfigError
+from pretrain.runtime.cli import fail
+from pretrain.runtime.errors import ConfigError
 
 TRAINED_TASKS = tuple(name for name, t in TASKS.items() if t.dev_files)
 # bert-base-cased dev scores, mean of 5 seeds, from the Hugging Face Flax GLUE example (x100).
@@ -162,7 +162,7 @@ def write_submission(workdir: pathlib.Path, runs: dict[str, list[dict]], run_dir
 
 def main(argv: list[str] | None = None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
-  from pretrain.metrics_log import quiet_library_logs
+  from pretrain.runtime.metrics_log import quiet_library_logs
   logging.set_verbosity(logging.INFO)
   quiet_library_logs()
   workdir = pathlib.Path(args.workdir).absolute()

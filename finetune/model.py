@@ -10,9 +10,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pretrain.core.layers import Dense, dropout
-from pretrain.core.model_config import ModelConfig
-from pretrain.core.transformer import Transformer
+from pretrain.model.layers import Dense, dropout
+from pretrain.model.config import ModelConfig
+from pretrain.model.transformer import Transformer
 
 
 POOLINGS = ('auto', 'mean')

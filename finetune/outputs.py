@@ -12,7 +12,7 @@ import numpy as np
 
 from finetune.data import TaskData
 from finetune.tasks import Task
-from pretrain.core.files import write_atomic
+from pretrain.runtime.files import write_atomic
 
 
 def to_predictions(outputs: np.ndarray, task: Task) -> np.ndarray:

@@ -11,7 +11,7 @@ import numpy as np
 
 from finetune.data import Examples, TaskData
 from finetune.tasks import TASKS, Task
-from pretrain.core.errors import ConfigError, first_line, require
+from pretrain.runtime.errors import ConfigError, first_line, require
 
 # Our result keys and submission names -> tfds split names.
 SPLITS = {'train': 'train', 'dev': 'validation', 'dev_matched': 'validation_matched',

@@ -23,10 +23,11 @@ from finetune.model import Classifier
 from finetune.steps import make_steps
 from finetune.tasks import Task
 from finetune.tfds_glue import read_tfds
-from pretrain.core import checkpoint as checkpoint_lib
-from pretrain.core import optim, sharding
-from pretrain.core.errors import require
-from pretrain.metrics_log import MetricsLog
+from pretrain.runtime import checkpoint as checkpoint_lib
+from pretrain import optim
+from pretrain.runtime import sharding
+from pretrain.runtime.errors import require
+from pretrain.runtime.metrics_log import MetricsLog
 from pretrain.train import train_state_shardings
 from pretrain.train_step import init_state
 
@@ -193,7 +194,7 @@ def run(config, workdir: str) -> dict:
 
 def classifier_meta(config, pretrained: checks.Pretrained, task: Task) -> dict:
   """The meta item of the fine-tuned checkpoint: the run's config with the full architecture, the tokenizer,
-  and what the head predicts (tools.checkpoint_model reads it; tools.convert_checkpoint exports it)."""
+  and what the head predicts (pretrain.model.load reads it; tools.convert_checkpoint exports it)."""
   config_dict = json.loads(config.to_json_best_effort())
   config_dict['model'] = dataclasses.asdict(pretrained.model_cfg)
   return checkpoint_lib.make_meta(config_dict, pretrained.tokenizer, classifier={

@@ -2,13 +2,14 @@
 import dataclasses
 import json
 
-from pretrain import sentence_pairs, sources
-from pretrain.core import optim
-from pretrain.core.errors import require
-from pretrain.core.model_config import ModelConfig
+from pretrain.data import sentence_pairs
+from pretrain.data import sources
+from pretrain import optim
+from pretrain.runtime.errors import require
+from pretrain.model.config import ModelConfig
 
 OBJECTIVE_VARIANTS = {'mlm': 'bert', 'clm': 'gpt2'}
-# What pretrain.data reads: pretrain.sources' schemes and prepared:DIR (pretrain.prepared.SCHEME, not imported
+# What pretrain.data.pipeline reads: pretrain.data.sources' schemes and prepared:DIR (pretrain.data.prepared.SCHEME, not imported
 # here: it loads grain).
 SOURCE_SCHEMES = (*sources.SCHEMES, 'prepared')
 

@@ -2,7 +2,7 @@
 import jax
 from absl import logging
 
-from pretrain.core.errors import JobError
+from pretrain.runtime.errors import JobError
 
 
 class TrainingDiverged(JobError):

@@ -15,18 +15,23 @@ from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from pretrain import data as data_lib
+from pretrain.data.tokenizers import tokenizer_from_meta
+from pretrain.data import pipeline as data_lib
 from pretrain import objectives
 from pretrain.config_checks import check_batch_split, check_resumable, validate
-from pretrain.core import checkpoint as checkpoint_lib
-from pretrain.core import accelerators, distributed, flops, optim, sharding
-from pretrain.core.errors import require
-from pretrain.core.files import check_writable_dir, write_atomic
-from pretrain.core.preemption import PreemptionWatch
-from pretrain.core.model_config import ModelConfig
-from pretrain.core.tokenizer import Tokenizer
-from pretrain.heads import LanguageModel
-from pretrain.metrics_log import MetricsLog, eval_metrics, sentence_eval_metrics
+from pretrain.runtime import checkpoint as checkpoint_lib
+from pretrain.runtime import accelerators
+from pretrain.runtime import distributed
+from pretrain.model import flops
+from pretrain import optim
+from pretrain.runtime import sharding
+from pretrain.runtime.errors import require
+from pretrain.runtime.files import check_writable_dir, write_atomic
+from pretrain.runtime.preemption import PreemptionWatch
+from pretrain.model.config import ModelConfig
+from pretrain.data.tokenizer import Tokenizer
+from pretrain.model.heads import LanguageModel
+from pretrain.runtime.metrics_log import MetricsLog, eval_metrics, sentence_eval_metrics
 from pretrain.nonfinite import NonfiniteSteps
 from pretrain.train_step import init_state, make_steps
 
@@ -125,7 +130,7 @@ def _with_init_checkpoint(config):
   config = copy.deepcopy(config)
   for field in ARCHITECTURE_FIELDS:
     config.model[field] = saved[field]
-  return config, checkpoint_lib.load_tokenizer(meta)
+  return config, tokenizer_from_meta(meta)
 
 
 def _build_data(config, tokenizer) -> data_lib.DataPipeline:
@@ -137,7 +142,7 @@ def _build_data(config, tokenizer) -> data_lib.DataPipeline:
     return build(tokenizer)
   data = build(None) if jax.process_index() == 0 else None
   meta = distributed.broadcast_json({'tokenizer': data.tokenizer.to_meta()} if data is not None else None)
-  return data or build(checkpoint_lib.load_tokenizer(meta))
+  return data or build(tokenizer_from_meta(meta))
 
 
 def run(config, workdir: str) -> dict:
@@ -170,7 +175,7 @@ def _run(config, model_cfg: ModelConfig, workdir: str, init_tokenizer, preemptio
   if newest is not None:  # the tokenizer travels with the checkpoint
     saved_meta = newest[1]
     check_resumable(config, saved_meta['config'], pathlib.Path(workdir) / 'checkpoints' / str(latest))
-    tokenizer = checkpoint_lib.load_tokenizer(saved_meta)
+    tokenizer = tokenizer_from_meta(saved_meta)
   data = _build_data(config, tokenizer)
   tokenizer = data.tokenizer
   meta = checkpoint_lib.make_meta(config, tokenizer)

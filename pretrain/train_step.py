@@ -25,7 +25,7 @@ import optax
 from flax import nnx
 
 from pretrain import objectives
-from pretrain.core.sharding import constrain
+from pretrain.runtime.sharding import constrain
 
 EVAL_STEP = 2**30  # the 'step' eval masks are drawn from: fixed, so every evaluation sees the same masks
 

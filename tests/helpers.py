@@ -4,8 +4,8 @@ import pathlib
 import pytest
 
 from configs import pretrain_clm, pretrain_mlm
-from pretrain.core.errors import ConfigError
-from pretrain.core.model_config import ModelConfig
+from pretrain.runtime.errors import ConfigError
+from pretrain.model.config import ModelConfig
 
 
 def tiny_config(objective: str = 'mlm', **model_overrides):
@@ -39,8 +39,8 @@ def tiny_model_config(objective: str = 'mlm', **overrides) -> ModelConfig:
 
 
 def build_data_error(config, **kwargs) -> str:
-  """The one-line ConfigError that pretrain.data.build_data(config, **kwargs) raises."""
-  from pretrain.data import build_data  # pylint: disable=import-outside-toplevel
+  """The one-line ConfigError that pretrain.data.pipeline.build_data(config, **kwargs) raises."""
+  from pretrain.data.pipeline import build_data  # pylint: disable=import-outside-toplevel
   with pytest.raises(ConfigError) as e:
     build_data(config, **kwargs)
   assert '\n' not in str(e.value)

@@ -17,8 +17,8 @@ from pydoc_data import topics
 
 from finetune import data as glue_data
 from finetune.tasks import TASKS
-from pretrain import sources
-from pretrain.core.errors import ConfigError
+from pretrain.data import sources
+from pretrain.runtime.errors import ConfigError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 HUGE_CHARS = 100_000_000

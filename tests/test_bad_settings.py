@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from pretrain.core.tokenizer import train_sentencepiece
+from pretrain.data.tokenizer import train_sentencepiece
 from tests.helpers import ROOT
 
 # What jax 0.10.2 logs for every jit compilation under JAX_LOG_COMPILES=1 (pxla: 'Compiling jit(f) with global
@@ -165,10 +165,10 @@ def test_bad_setting_exits_2_naming_the_field_before_compiling(inputs, tmp_path,
 # The positive controls: under the same environment, the log set up as the CLIs set it up (absl's app for
 # pretrain and finetune; tool_main's for the tools), a jit compilation is logged and COMPILE_LOG sees it.
 CONTROLS = {
-    'absl-app': ('from absl import app\nfrom pretrain.metrics_log import quiet_library_logs\n'
+    'absl-app': ('from absl import app\nfrom pretrain.runtime.metrics_log import quiet_library_logs\n'
                  'def main(_):\n  quiet_library_logs()\n  import jax\n  jax.jit(lambda x: x + 1)(1)\n'
                  'app.run(main)\n'),
-    'tool-main': ('import jax\nfrom pretrain.core.cli import tool_main\n'
+    'tool-main': ('import jax\nfrom pretrain.runtime.cli import tool_main\n'
                   'tool_main(lambda _: None, lambda _: jax.jit(lambda x: x + 1)(1), [])\n'),
 }
 

@@ -1,15 +1,15 @@
-"""tools.bench_input: the input pipeline's tokens/s and the checkpoint stall, measured with the real pieces."""
+"""tools.benchmark.pipeline: the input pipeline's tokens/s and the checkpoint stall, measured with the real pieces."""
 import io
 
 import jax
 import numpy as np
 import pytest
 
-from pretrain.core import checkpoint as checkpoint_lib
-from pretrain.core.errors import ConfigError
+from pretrain.runtime import checkpoint as checkpoint_lib
+from pretrain.runtime.errors import ConfigError
 from tests.helpers import tiny_config
-from tools import bench_input
-from tools.bench_step import build
+from tools.benchmark import pipeline as bench_input
+from tools.benchmark.step import build
 
 
 @pytest.mark.parametrize('objective', ['mlm', 'clm'])

@@ -7,10 +7,11 @@ import json
 import pytest
 
 from pretrain.config_checks import validate
-from pretrain.core import accelerators, flops
-from pretrain.core.config_files import load_config
+from pretrain.runtime import accelerators
+from pretrain.model import flops
+from pretrain.runtime.config_files import load_config
 from tests.helpers import CLM_CONFIG, MLM_CONFIG, TINY_OVERRIDES
-from tools import benchmark
+from tools.benchmark import cli as benchmark
 
 FIELDS = {'step_ms', 'tokens_per_sec', 'model_tflops_per_sec', 'mfu', 'compile_s', 'peak_memory_bytes'}
 

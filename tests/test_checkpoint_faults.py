@@ -7,8 +7,8 @@ import sys
 import pytest
 
 from pretrain import train
-from pretrain.core import checkpoint as checkpoint_lib
-from pretrain.core.errors import ConfigError
+from pretrain.runtime import checkpoint as checkpoint_lib
+from pretrain.runtime.errors import ConfigError
 from tests.helpers import MLM_CONFIG, ROOT, TINY_OVERRIDES, tiny_config
 from tools import kill_soak
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from pydoc_data import topics
 
-from pretrain import sources
-from pretrain.core.errors import ConfigError
-from pretrain.core.tokenizer import Tokenizer, train_sentencepiece
-from pretrain.data import DataPipeline, build_data, features
+from pretrain.data import sources
+from pretrain.runtime.errors import ConfigError
+from pretrain.data.tokenizer import Tokenizer, train_sentencepiece
+from pretrain.data.pipeline import DataPipeline, build_data, features
 from tests.helpers import build_data_error
 
 SEQ_LEN = 64

@@ -16,7 +16,7 @@ from configs import finetune_glue
 from finetune import train
 from finetune.tasks import TASKS
 from pretrain import train as pretrain
-from pretrain.core.errors import ConfigError
+from pretrain.runtime.errors import ConfigError
 from tests.glue_fixtures import write_glue_dir, write_task
 from tests.helpers import tiny_config
 

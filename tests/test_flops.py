@@ -4,9 +4,10 @@ import pytest
 
 from pretrain import objectives
 from pretrain.config_checks import validate
-from pretrain.core import accelerators, flops
+from pretrain.runtime import accelerators
+from pretrain.model import flops
 from tests.helpers import tiny_config, tiny_model_config
-from tools.plan_mesh import compile_step, plan_mesh
+from tools.plan.mesh import compile_step, plan_mesh
 
 
 def test_train_flops_per_token_match_a_hand_count():

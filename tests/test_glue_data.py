@@ -6,7 +6,7 @@ import pytest
 
 from finetune import data
 from finetune.tasks import TASKS
-from pretrain.core.errors import ConfigError
+from pretrain.runtime.errors import ConfigError
 
 # Header and two rows per file, as the standard GLUE download script writes them.
 FILES = {

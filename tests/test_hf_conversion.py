@@ -15,13 +15,14 @@ import transformers
 from configs import finetune_glue
 from finetune import train as finetune_train
 from pretrain import train as pretrain_train
-from pretrain.core.errors import ConfigError
+from pretrain.runtime.errors import ConfigError
 from tests.checkpoint_fixtures import pretrain_checkpoint
 from tests.glue_fixtures import write_task
 from tests.helpers import tiny_config
-from tools import checkpoint_model, convert_checkpoint
-from tools.hf import export as export_lib
-from tools.hf import importer, verify
+from pretrain.model import load as checkpoint_model
+from tools.convert_checkpoint import cli as convert_checkpoint
+from tools.convert_checkpoint import export as export_lib
+from tools.convert_checkpoint import importer, verify
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-4  # max |logit difference| in float32
@@ -306,7 +307,7 @@ def test_gpt2_classifier_has_no_hf_class(ours, tmp_path):
 def test_without_the_hf_extra_the_cli_names_the_missing_package(ours, tmp_path, monkeypatch, capsys):
   for name in ('safetensors', 'safetensors.numpy'):
     monkeypatch.setitem(sys.modules, name, None)  # as if not installed: importing it raises ModuleNotFoundError
-  monkeypatch.delitem(sys.modules, 'tools.hf.export')
+  monkeypatch.delitem(sys.modules, 'tools.convert_checkpoint.export')
   args = ['to-hf', '--checkpoint', str(ours('mlm', 3)), '--out', str(tmp_path / 'hf')]
   assert convert_checkpoint.main(args) == 2
   assert capsys.readouterr().err.strip() == ("error: to-hf: needs the Python package 'safetensors' of the `hf` "

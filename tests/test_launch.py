@@ -13,8 +13,8 @@ import pytest
 
 from configs import jobs
 from pretrain import config_checks
-from pretrain.core import sharding
-from tools import launch
+from pretrain.runtime import sharding
+from tools.launch import cli as launch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 JOB_CONFIGS = ('bert_base_wiki', 'bert_large_wiki', 'gpt2_small_wiki', 'gpt2_medium_wiki', 'gpt2_large_wiki',

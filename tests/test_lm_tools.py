@@ -11,8 +11,11 @@ import numpy as np
 import pytest
 
 from tests.checkpoint_fixtures import pretrain_checkpoint
-from tools import checkpoint_model, export_embeddings, fill_mask, generate
-from tools.hf.export import export
+from pretrain.model import load as checkpoint_model
+from tools import export_embeddings
+from tools import fill_mask
+from tools import generate
+from tools.convert_checkpoint.export import export
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LENGTH = 24  # prompt + new tokens in the generate tests: one buffer shape, so one compilation
@@ -190,7 +193,7 @@ def test_export_embeddings_reads_in_gensim(clm, tmp_path, capsys):
 
 def test_word_names_are_unique_and_whitespace_free(tmp_path):
   import tokenizers  # pylint: disable=import-outside-toplevel
-  from pretrain.core.hf_tokenizer import HfTokenizer  # pylint: disable=import-outside-toplevel
+  from pretrain.data.hf_tokenizer import HfTokenizer  # pylint: disable=import-outside-toplevel
   pieces = ['[UNK]', '[CLS]', '[SEP]', 'a b', 'a<0x20>b', '\t', '<0x09>', 'x\u3000y', 'Ġok', 'é']
   model = tokenizers.models.WordLevel({p: i for i, p in enumerate(pieces)}, unk_token='[UNK]')
   tok = HfTokenizer(tokenizers.Tokenizer(model).to_str(), {'unk': '[UNK]', 'cls': '[CLS]', 'sep': '[SEP]'})

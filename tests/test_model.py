@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pretrain.core.errors import ConfigError
-from pretrain.core.model_config import ModelConfig
-from pretrain.heads import LanguageModel
+from pretrain.runtime.errors import ConfigError
+from pretrain.model.config import ModelConfig
+from pretrain.model.heads import LanguageModel
 from tests.helpers import tiny_config, tiny_model_config
 
 B, T = 2, 16

@@ -5,7 +5,7 @@ import json
 import pathlib
 import time
 
-from pretrain.core.peer_watchdog import KEY_PREFIX, PeerWatchdog, lost_message
+from pretrain.runtime.peer_watchdog import KEY_PREFIX, PeerWatchdog, lost_message
 from tests.test_multiprocess import _records, _start, _train
 
 HEARTBEAT_S = 10

@@ -11,10 +11,10 @@ import jax
 import numpy as np
 import pytest
 
-from pretrain import data as data_lib
+from pretrain.data import pipeline as data_lib
 from pretrain import train
-from pretrain.core import checkpoint as checkpoint_lib
-from pretrain.core import sharding
+from pretrain.runtime import checkpoint as checkpoint_lib
+from pretrain.runtime import sharding
 from pretrain.nonfinite import TrainingDiverged
 from tests.helpers import MLM_CONFIG, ROOT, TINY_OVERRIDES, tiny_config
 from tests.test_sharding import _batch, _mesh, _trainer

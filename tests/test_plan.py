@@ -6,11 +6,12 @@ import pytest
 from flax import nnx
 
 from pretrain.config_checks import validate
-from pretrain.core import flops, sharding
-from pretrain.heads import LanguageModel
+from pretrain.model import flops
+from pretrain.runtime import sharding
+from pretrain.model.heads import LanguageModel
 from tests.helpers import MLM_CONFIG, TINY_OVERRIDES, tiny_config
-from tools import plan
-from tools.plan_mesh import compile_step, compiled_memory, plan_candidates, plan_mesh, suggest
+from tools.plan import cli as plan
+from tools.plan.mesh import compile_step, compiled_memory, plan_candidates, plan_mesh, suggest
 
 
 

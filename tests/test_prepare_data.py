@@ -11,8 +11,8 @@ import pytest
 from pydoc_data import topics
 
 from pretrain import train
-from pretrain.core.tokenizer import Tokenizer, train_sentencepiece
-from pretrain.data import build_data, pack, split_eval
+from pretrain.data.tokenizer import Tokenizer, train_sentencepiece
+from pretrain.data.pipeline import build_data, pack, split_eval
 from tests.helpers import build_data_error, tiny_config
 from tools import prepare_data
 

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 from pydoc_data import topics
 
-from pretrain import sentence_pairs, train
+from pretrain.data import sentence_pairs
+from pretrain import train
 from pretrain.config_checks import check_resumable
-from pretrain.core import sharding
-from pretrain.core.errors import ConfigError
-from pretrain.metrics_log import TIMING_FIELDS
-from pretrain.core.tokenizer import train_sentencepiece
+from pretrain.runtime import sharding
+from pretrain.runtime.errors import ConfigError
+from pretrain.runtime.metrics_log import TIMING_FIELDS
+from pretrain.data.tokenizer import train_sentencepiece
 from tests.checkpoint_fixtures import pretrain_checkpoint
 from tests.helpers import tiny_config
 
@@ -176,7 +177,8 @@ def test_sentence_task_gradient_accumulation_equals_one_step_on_the_whole_batch(
 def test_export_as_bert_for_pretraining_matches_transformers(runs, tmp_path):
   torch = pytest.importorskip('torch')
   transformers = pytest.importorskip('transformers')
-  from tools import checkpoint_model, convert_checkpoint  # pylint: disable=import-outside-toplevel
+  from pretrain.model import load as checkpoint_model
+  from tools.convert_checkpoint import cli as convert_checkpoint  # pylint: disable=import-outside-toplevel
   workdir = runs('sop')
   assert convert_checkpoint.main(['to-hf', '--checkpoint', str(workdir), '--out', str(tmp_path / 'hf'),
                                   '--verify']) == 0
@@ -193,7 +195,7 @@ def test_export_as_bert_for_pretraining_matches_transformers(runs, tmp_path):
 
 
 def test_continued_pretraining_from_an_mlm_only_checkpoint_adds_a_fresh_sentence_head(tmp_path):
-  from tools import checkpoint_model  # pylint: disable=import-outside-toplevel
+  from pretrain.model import load as checkpoint_model  # pylint: disable=import-outside-toplevel
   before = checkpoint_model.load(str(pretrain_checkpoint(tmp_path / 'mlm', 'mlm', steps=1)))
   config = _config('nsp', steps=1)
   config.init_checkpoint = str(tmp_path / 'mlm')

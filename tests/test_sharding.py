@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from pretrain.core import sharding
-from pretrain.core.errors import ConfigError
+from pretrain.runtime import sharding
+from pretrain.runtime.errors import ConfigError
 from pretrain.train import make_trainer, validate
 from tests.helpers import tiny_config
 

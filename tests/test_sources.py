@@ -6,9 +6,9 @@ import textwrap
 
 import pytest
 
-from pretrain import sources
-from pretrain.core.errors import ConfigError
-from pretrain.sources import SourceStats, read_documents, split_text
+from pretrain.data import sources
+from pretrain.runtime.errors import ConfigError
+from pretrain.data.sources import SourceStats, read_documents, split_text
 
 
 def _read(source: str, **kwargs) -> tuple[list[str], SourceStats]:

@@ -7,8 +7,8 @@ import pytest
 import sentencepiece as spm
 from pydoc_data import topics
 
-from pretrain.core.errors import ConfigError
-from pretrain.core.tokenizer import Tokenizer, train_sentencepiece
+from pretrain.runtime.errors import ConfigError
+from pretrain.data.tokenizer import Tokenizer, train_sentencepiece
 
 TEXTS = [
     'Hello, world!',

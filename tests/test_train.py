@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from pretrain.data.tokenizers import tokenizer_from_meta
 from pretrain import train
-from pretrain.core import checkpoint as checkpoint_lib
-from pretrain.core.errors import ConfigError
-from pretrain.core.model_config import ModelConfig
-from pretrain.core.tokenizer import Tokenizer
-from pretrain.heads import LanguageModel
+from pretrain.runtime import checkpoint as checkpoint_lib
+from pretrain.runtime.errors import ConfigError
+from pretrain.model.config import ModelConfig
+from pretrain.data.tokenizer import Tokenizer
+from pretrain.model.heads import LanguageModel
 from tests.helpers import tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -81,7 +82,7 @@ def test_pretraining_learns_and_leaves_a_checkpoint_that_restores(tmp_path, obje
   # The checkpoint holds the config and the tokenizer, and its params reproduce the final eval loss.
   meta = checkpoint_lib.read_meta(tmp_path)
   assert meta['config']['objective'] == objective
-  assert checkpoint_lib.load_tokenizer(meta).to_bytes() == (tmp_path / 'tokenizer.model').read_bytes()
+  assert tokenizer_from_meta(meta).to_bytes() == (tmp_path / 'tokenizer.model').read_bytes()
   graphdef, params = _restored_params(tmp_path, config)
   model = nnx.merge(graphdef, params)
   tokens = np.asarray(Tokenizer.from_file(tmp_path / 'tokenizer.model').encode('Return the number of items.'))

@@ -9,8 +9,8 @@ import pytest
 from pydoc_data import topics
 
 from pretrain import objectives
-from pretrain.core.tokenizer import train_sentencepiece
-from pretrain.data import features, pack
+from pretrain.data.tokenizer import train_sentencepiece
+from pretrain.data.pipeline import features, pack
 
 DOCS = [topics.topics[k] for k in sorted(topics.topics)[:40]]
 TEXT = 'An identifier occurring as an atom is a name.  See section Identifiers\nand keywords ✓ (e.g. "x[0]").'
@@ -44,7 +44,7 @@ def test_sentencepiece_words_are_the_whitespace_separated_words(spm_tokenizer):
 
 def test_wordpiece_and_byte_level_bpe_words(tmp_path):
   tokenizers = pytest.importorskip('tokenizers')
-  from tools.hf import tokenizer_files  # pylint: disable=import-outside-toplevel
+  from tools.convert_checkpoint import tokenizer_files  # pylint: disable=import-outside-toplevel
   wordpiece = tokenizer_files.read_tokenizer(MINILM, 'bert')  # all-MiniLM-L6-v2's real WordPiece vocab
   text = 'tokenization of unbelievably rare words'
   words = _words(wordpiece.encode(text), wordpiece.word_starts())

@@ -19,9 +19,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pretrain.core.cli import ArgumentParser, tool_main
-from pretrain.core.errors import require
-from tools import checkpoint_model
+from pretrain.runtime.cli import ArgumentParser, tool_main
+from pretrain.runtime.errors import require
+from pretrain.model import load as checkpoint_model
 
 
 def _escape(ch: str) -> str:

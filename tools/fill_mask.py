@@ -19,9 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from pretrain.core.cli import ArgumentParser, tool_main
-from pretrain.core.errors import require
-from tools import checkpoint_model
+from pretrain.runtime.cli import ArgumentParser, tool_main
+from pretrain.runtime.errors import require
+from pretrain.model import load as checkpoint_model
 
 MASK_TEXT = '[MASK]'
 

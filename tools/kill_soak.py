@@ -26,10 +26,10 @@ import tempfile
 import time
 from collections.abc import Sequence
 
-from pretrain.core import checkpoint as checkpoint_lib
-from pretrain.core.cli import ArgumentParser, tool_main
-from pretrain.core.config_files import load_config, parse_with_overrides
-from pretrain.core.errors import JobError, require
+from pretrain.runtime import checkpoint as checkpoint_lib
+from pretrain.runtime.cli import ArgumentParser, tool_main
+from pretrain.runtime.config_files import load_config, parse_with_overrides
+from pretrain.runtime.errors import JobError, require
 
 # A model small enough that a restart takes seconds, with a checkpoint every other step (so most moments fall
 # near a save) and keep=2 (so old steps are deleted while the run is killed).

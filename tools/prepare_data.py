@@ -5,7 +5,7 @@
 
 The source (any of pretrain/sources.py) is streamed in chunks through W tokenizer processes, in order, so
 memory stays bounded and the output is deterministic. The rows are bit for bit those the in-memory pipeline
-packs for the same source, tokenizer, seq_len, eval_fraction and max_doc_chars (`pretrain.data.pack` of the
+packs for the same source, tokenizer, seq_len, eval_fraction and max_doc_chars (`pretrain.data.pipeline.pack` of the
 `split_eval` train and eval documents). A corpus where the plain split rule holds out nothing (or everything)
 is read twice: the fallback needs the corpus' smallest and largest text hash. DIR is written to a temporary
 directory and renamed into place when complete; its layout and record format are in pretrain/prepared.py.
@@ -33,11 +33,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import numpy as np
 from array_record.python.array_record_module import ArrayRecordWriter
 
-from pretrain import data, prepared, sources
-from pretrain.core.cli import ArgumentParser, tool_main
-from pretrain.core.errors import require
-from pretrain.core.files import atomic_directory, check_output_dir
-from pretrain.core.tokenizer import Tokenizer
+from pretrain.data import pipeline as data
+from pretrain.data import prepared
+from pretrain.data import sources
+from pretrain.runtime.cli import ArgumentParser, tool_main
+from pretrain.runtime.errors import require
+from pretrain.runtime.files import atomic_directory, check_output_dir
+from pretrain.data.tokenizer import Tokenizer
 
 _CHUNK_DOCS, _CHUNK_CHARS = 512, 1 << 20  # documents per task sent to a worker (at most)
 _SHARD_BYTES = 64 << 20  # default shard size (raw record bytes)

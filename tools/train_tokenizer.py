@@ -13,10 +13,10 @@ import sys
 import time
 from collections.abc import Sequence
 
-from pretrain import sources
-from pretrain.core.cli import ArgumentParser, tool_main
-from pretrain.core.errors import require
-from pretrain.core.tokenizer import train_sentencepiece
+from pretrain.data import sources
+from pretrain.runtime.cli import ArgumentParser, tool_main
+from pretrain.runtime.errors import require
+from pretrain.data.tokenizer import train_sentencepiece
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

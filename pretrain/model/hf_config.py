@@ -1,0 +1,93 @@
+"""Our ModelConfig <-> a Hugging Face config.json (BertConfig, GPT2Config).
+
+Import accepts only settings our model computes exactly; anything else is one error naming the config.json
+field (a relu BERT, rotary positions, GPT-2's per-layer attention scaling, ...).
+"""
+import dataclasses
+
+from pretrain.runtime.errors import ConfigError, require
+from pretrain.model.config import ModelConfig
+
+# The HF class each of our models exports as.
+MASKED_LM = {'bert': 'BertForMaskedLM', 'gpt2': 'GPT2LMHeadModel'}
+SEQUENCE_CLASSIFICATION = {'bert': 'BertForSequenceClassification'}
+# gpt2 MLPs: HF names the tanh approximation of GELU three ways.
+_TANH_GELUS = ('gelu_new', 'gelu_pytorch_tanh', 'gelu_fast')
+
+
+def to_hf_config(cfg: ModelConfig, architecture: str, pad_id: int, cls_id: int, sep_id: int) -> dict:
+  if cfg.variant == 'bert':
+    return {
+        'architectures': [architecture], 'model_type': 'bert', 'vocab_size': cfg.vocab_size,
+        'hidden_size': cfg.hidden_size, 'num_hidden_layers': cfg.num_layers,
+        'num_attention_heads': cfg.num_heads, 'intermediate_size': cfg.mlp_dim, 'hidden_act': 'gelu',
+        'hidden_dropout_prob': cfg.dropout_rate, 'attention_probs_dropout_prob': cfg.attention_dropout_rate,
+        'max_position_embeddings': cfg.max_position_embeddings, 'type_vocab_size': cfg.type_vocab_size,
+        'initializer_range': cfg.initializer_range, 'layer_norm_eps': cfg.layer_norm_eps,
+        'position_embedding_type': 'absolute', 'pad_token_id': pad_id, 'tie_word_embeddings': True,
+    }
+  require(cfg.type_vocab_size == 0, f'model.type_vocab_size: {cfg.type_vocab_size}; GPT2LMHeadModel has no '
+          'token-type embedding, so only a gpt2 model with type_vocab_size 0 exports')
+  return {
+      'architectures': [architecture], 'model_type': 'gpt2', 'vocab_size': cfg.vocab_size,
+      'n_positions': cfg.max_position_embeddings, 'n_embd': cfg.hidden_size, 'n_layer': cfg.num_layers,
+      'n_head': cfg.num_heads, 'n_inner': cfg.mlp_dim, 'activation_function': 'gelu_new',
+      'resid_pdrop': cfg.dropout_rate, 'embd_pdrop': cfg.dropout_rate, 'attn_pdrop': cfg.attention_dropout_rate,
+      'layer_norm_epsilon': cfg.layer_norm_eps, 'initializer_range': cfg.initializer_range,
+      'bos_token_id': cls_id, 'eos_token_id': sep_id, 'pad_token_id': pad_id, 'tie_word_embeddings': True,
+      'scale_attn_weights': True, 'scale_attn_by_inverse_layer_idx': False, 'reorder_and_upcast_attn': False,
+  }
+
+
+def _field(hf: dict, key: str, where: str, default=None):
+  if key in hf:
+    return hf[key]
+  if default is None:
+    raise ConfigError(f'{where}: field {key!r} is missing')
+  return default
+
+
+def from_hf_config(hf: dict, where: str) -> ModelConfig:
+  """A config.json's dict -> our ModelConfig; `where` (the file) is named in every error."""
+  model_type = hf.get('model_type')
+  if model_type == 'bert':
+    act = hf.get('hidden_act', 'gelu')
+    require(act == 'gelu', f"{where}: hidden_act {act!r} is not supported (our bert variant uses erf 'gelu')")
+    pos = hf.get('position_embedding_type', 'absolute')
+    require(pos == 'absolute', f"{where}: position_embedding_type {pos!r} is not supported (only 'absolute')")
+    require(not hf.get('is_decoder') and not hf.get('add_cross_attention'),
+            f'{where}: is_decoder/add_cross_attention BERT models are not supported')
+    g = lambda key, default=None: _field(hf, key, where, default)
+    cfg = ModelConfig(
+        variant='bert', vocab_size=g('vocab_size'), hidden_size=g('hidden_size'),
+        num_layers=g('num_hidden_layers'), num_heads=g('num_attention_heads'), mlp_dim=g('intermediate_size'),
+        max_position_embeddings=g('max_position_embeddings'), type_vocab_size=g('type_vocab_size', 2),
+        dropout_rate=g('hidden_dropout_prob', 0.1), attention_dropout_rate=g('attention_probs_dropout_prob', 0.1),
+        layer_norm_eps=g('layer_norm_eps', 1e-12), initializer_range=g('initializer_range', 0.02))
+  elif model_type == 'gpt2':
+    act = hf.get('activation_function', 'gelu_new')
+    require(act in _TANH_GELUS, f'{where}: activation_function {act!r} is not supported (our gpt2 variant uses '
+            "the tanh GELU, 'gelu_new')")
+    require(not hf.get('scale_attn_by_inverse_layer_idx'),
+            f'{where}: scale_attn_by_inverse_layer_idx true is not supported')
+    require(hf.get('scale_attn_weights', True), f'{where}: scale_attn_weights false is not supported')
+    require(not hf.get('add_cross_attention'), f'{where}: add_cross_attention GPT-2 models are not supported')
+    g = lambda key, default=None: _field(hf, key, where, default)
+    hidden = g('n_embd')
+    cfg = ModelConfig(
+        variant='gpt2', vocab_size=g('vocab_size'), hidden_size=hidden, num_layers=g('n_layer'),
+        num_heads=g('n_head'), mlp_dim=hf.get('n_inner') or 4 * hidden, max_position_embeddings=g('n_positions'),
+        type_vocab_size=0, dropout_rate=g('resid_pdrop', 0.1), attention_dropout_rate=g('attn_pdrop', 0.1),
+        layer_norm_eps=g('layer_norm_epsilon', 1e-5), initializer_range=g('initializer_range', 0.02))
+  else:
+    raise ConfigError(f"{where}: model_type {model_type!r} is not supported; use a 'bert' or 'gpt2' checkpoint")
+  try:
+    cfg.validate()
+  except ConfigError as e:
+    raise ConfigError(f'{where}: {e}') from None
+  return cfg
+
+
+def model_fields(cfg: ModelConfig) -> dict:
+  """The ModelConfig as the plain dict a checkpoint's meta holds under config.model."""
+  return dataclasses.asdict(cfg)

@@ -1,0 +1,96 @@
+"""The Transformer: embeddings, scanned blocks (one compiled layer for any depth), final norm, pooler.
+
+`causal` (the gpt2 variant) makes it a decoder; the bert variant is a bidirectional encoder.
+"""
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from pretrain.model.layers import Block, Dense, LayerNorm, attention_mask, dropout, param, split_key
+from pretrain.model.config import ModelConfig
+from pretrain.runtime.sharding import constrain
+
+LAYERS_AXIS = 'layers'
+
+
+class Transformer(nnx.Module):
+  """tokens [batch, length] -> hidden states [batch, length, hidden]."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.cfg = cfg
+    init = jax.nn.initializers.normal(cfg.initializer_range)
+    self.token_embed = param(rngs, init, (cfg.vocab_size, cfg.hidden_size), ('vocab', 'embed'))
+    self.position_embed = param(rngs, init, (cfg.max_position_embeddings, cfg.hidden_size), ('position', 'embed'))
+    self.type_embed = (param(rngs, init, (cfg.type_vocab_size, cfg.hidden_size), ('type_vocab', 'embed'))
+                       if cfg.type_vocab_size else None)
+    # bert normalises the embeddings (post-LN); gpt2 normalises the output of the last block (pre-LN).
+    self.embed_norm = LayerNorm(cfg, rngs) if not cfg.pre_layer_norm else None
+    self.final_norm = LayerNorm(cfg, rngs) if cfg.pre_layer_norm else None
+    self.pooler = Dense((cfg.hidden_size,), (cfg.hidden_size,), ('embed', 'embed_out'), cfg, rngs) \
+        if cfg.variant == 'bert' else None
+
+    @nnx.split_rngs(splits=cfg.num_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: LAYERS_AXIS})
+    def stacked_blocks(rngs: nnx.Rngs) -> Block:
+      return Block(cfg, rngs)
+
+    self.blocks = stacked_blocks(rngs)
+
+  def embed(self, tokens_bt, positions_bt, token_types_bt) -> jax.Array:
+    # The table is gathered whole before the lookup (as fsdp does for every weight): a lookup into a table
+    # sharded over vocab and embed has no efficient partitioning.
+    table_vd = constrain(self.token_embed[...], (None, None))
+    x_btd = jnp.take(table_vd, tokens_bt, axis=0)
+    x_btd = x_btd + jnp.take(self.position_embed[...], positions_bt, axis=0)
+    if self.type_embed is not None:
+      x_btd = x_btd + jnp.take(self.type_embed[...], token_types_bt, axis=0)
+    return x_btd
+
+  def __call__(self, tokens_bt: jax.Array, *, segment_ids: jax.Array | None = None,
+               positions: jax.Array | None = None, token_type_ids: jax.Array | None = None,
+               dropout_key: jax.Array | None = None) -> jax.Array:
+    """segment_ids: 1, 2, ... per packed document, 0 = padding (default: one segment, no padding).
+    positions: per-token positions (default 0..length-1). dropout_key: one key, or one per example
+    [batch]; None means deterministic."""
+    cfg = self.cfg
+    batch, length = tokens_bt.shape
+    if segment_ids is None:
+      segment_ids = jnp.ones((batch, length), jnp.int32)
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+    if token_type_ids is None:
+      token_type_ids = jnp.zeros((batch, length), jnp.int32)
+    embed_key, layers_key = split_key(dropout_key, 2) if dropout_key is not None else (None, None)
+
+    x_btd = self.embed(tokens_bt, positions, token_type_ids)
+    if self.embed_norm is not None:
+      x_btd = self.embed_norm(x_btd)
+    x_btd = dropout(x_btd.astype(cfg.compute_dtype), cfg.dropout_rate, embed_key)
+    x_btd = constrain(x_btd, ('batch', 'length', 'act_embed'))
+    mask_b1tt = attention_mask(segment_ids, cfg.causal)
+
+    layer_keys = split_key(layers_key, cfg.num_layers) if layers_key is not None else None
+
+    def apply_block(x, block, key):
+      return block(x, mask_b1tt, key)
+
+    policy = cfg.checkpoint_policy()
+    if policy is not None:
+      apply_block = nnx.remat(apply_block, policy=policy, prevent_cse=False)
+    scan = nnx.scan(apply_block, in_axes=(nnx.Carry, 0, 0 if layer_keys is not None else None),
+                    out_axes=nnx.Carry, transform_metadata={nnx.PARTITION_NAME: LAYERS_AXIS})
+    x_btd = scan(x_btd, self.blocks, layer_keys)
+
+    if self.final_norm is not None:
+      x_btd = self.final_norm(x_btd)
+    return x_btd
+
+  def pool(self, hidden_btd: jax.Array) -> jax.Array:
+    """bert pooler: tanh(dense(hidden of the first ([CLS]) token)) -> [batch, hidden]."""
+    return jnp.tanh(self.pooler(hidden_btd[:, 0]))
+
+  def attend(self, hidden_btd: jax.Array) -> jax.Array:
+    """Tied output projection: hidden @ token_embed.T -> logits [batch, length, vocab]."""
+    embed_vd = self.token_embed[...].astype(self.cfg.compute_dtype)
+    logits_btv = jnp.einsum('btd,vd->btv', hidden_btd.astype(self.cfg.compute_dtype), embed_vd)
+    return constrain(logits_btv, ('batch', 'length', 'act_vocab'))

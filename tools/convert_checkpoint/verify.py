@@ -1,0 +1,55 @@
+"""`--verify`: run our checkpoint and the Hugging Face directory on the same random tokens and report the
+largest difference of their outputs (logits where both have the head, else the encoder's hidden states)."""
+import json
+import pathlib
+
+import jax.numpy as jnp
+import numpy as np
+
+from pretrain.runtime.errors import ConfigError
+from pretrain.model import load as checkpoint_model
+
+HEAD_CLASSES = ('BertForMaskedLM', 'GPT2LMHeadModel', 'BertForSequenceClassification')
+TOLERANCE = 1e-4  # float32; measured differences are around 1e-6
+
+
+def max_output_difference(checkpoint: str, hf_dir: str, seed: int = 0) -> tuple[float, str]:
+  """(max |ours - transformers|, what was compared: the HF class and output)."""
+  import torch  # pylint: disable=import-outside-toplevel
+  import transformers  # pylint: disable=import-outside-toplevel
+  transformers.logging.set_verbosity_error()  # its load report lists our stored bert pooler as unexpected
+  transformers.logging.disable_progress_bar()
+  loaded = checkpoint_model.load(checkpoint)
+  cfg = loaded.model_cfg
+  architecture = json.loads((pathlib.Path(hf_dir) / 'config.json').read_text()).get('architectures', [''])[0]
+  fresh = loaded.meta.get('imported_from', {}).get('freshly_initialised', [])
+  with_head = (architecture in HEAD_CLASSES and 'MLM head' not in fresh
+               and architecture.endswith('Classification') == (loaded.classifier is not None))
+  hf_class = getattr(transformers, architecture) if with_head else transformers.AutoModel
+  reference = hf_class.from_pretrained(hf_dir).eval()
+  length = min(32, cfg.max_position_embeddings)
+  ids = np.random.default_rng(seed).integers(0, loaded.tokenizer.vocab_size, (2, length))
+  types = np.tile((np.arange(length) >= length // 2).astype(np.int64), (2, 1)) if cfg.type_vocab_size > 1 else \
+      np.zeros_like(ids)
+  extra = {'token_type_ids': torch.tensor(types)} if cfg.variant == 'bert' else {}
+  with torch.no_grad():
+    out = reference(torch.tensor(ids), **extra)
+  theirs = (out.logits if with_head else out.last_hidden_state).numpy()
+  model = loaded.build()
+  if not with_head:
+    ours = model.encoder(jnp.asarray(ids), token_type_ids=jnp.asarray(types))
+  elif loaded.classifier is not None:
+    ours = model(jnp.asarray(ids), jnp.asarray(types), jnp.ones_like(jnp.asarray(ids)))
+  else:
+    ours = model(jnp.asarray(ids), token_type_ids=jnp.asarray(types))
+  what = f'{type(reference).__name__} {"logits" if with_head else "hidden states"}'
+  return float(np.abs(np.asarray(ours) - theirs).max()), what
+
+
+def verify(checkpoint: str, hf_dir: str) -> str:
+  """A one-line report; ConfigError when the difference exceeds TOLERANCE."""
+  diff, what = max_output_difference(checkpoint, hf_dir)
+  if not diff <= TOLERANCE:
+    raise ConfigError(f'--verify: {what} differ by {diff:.3g} (more than {TOLERANCE:g}) between {checkpoint} and '
+                      f'{hf_dir}')
+  return f'verified: {what} match transformers within {diff:.2g} (max |difference|, float32, 2 x 32 random tokens)'
