@@ -4,6 +4,8 @@ Configs are `get_config(arg)` functions (ml_collections); `arg` is `size=NAME` o
 """
 import ml_collections
 
+from pretrain.model import presets
+
 # name -> (num_layers, hidden_size, num_heads, mlp_dim, vocab_size, seq_len, max_position_embeddings)
 SIZES = {
     'tiny': (4, 256, 4, 1024, 8000, 128, 512),
@@ -56,8 +58,13 @@ def parse_size(arg: str | None, default: str = 'tiny') -> str:
   return size
 
 
-def base_config(size: str, objective: str) -> ml_collections.ConfigDict:
-  """The full pretraining config for `size` and objective 'mlm' (bert variant) or 'clm' (gpt2 variant)."""
+# The architecture each objective's config file starts from (any model.* field may be overridden).
+OBJECTIVE_PRESETS = {'mlm': 'bert', 'clm': 'gpt2'}
+
+
+def base_config(size: str, objective: str, preset: str | None = None) -> ml_collections.ConfigDict:
+  """The full pretraining config for `size` and objective 'mlm' or 'clm', its model fields filled in from
+  `preset` (pretrain/model/presets.py; default: bert for mlm, gpt2 for clm)."""
   layers, hidden, heads, mlp, vocab, seq_len, max_len = SIZES[size]
   is_bert = objective == 'mlm'
   large = size not in ('tiny',)
@@ -69,17 +76,15 @@ def base_config(size: str, objective: str) -> ml_collections.ConfigDict:
   c.init_checkpoint = ''
 
   c.model = ml_collections.ConfigDict(dict(
-      variant='bert' if is_bert else 'gpt2',
+      **presets.preset_fields(preset or OBJECTIVE_PRESETS[objective]),  # the architecture: see ModelConfig
       vocab_size=vocab,
       hidden_size=hidden,
       num_layers=layers,
       num_heads=heads,
       mlp_dim=mlp,
       max_position_embeddings=max_len,
-      type_vocab_size=2 if is_bert else 0,
       dropout_rate=0.1,
       attention_dropout_rate=0.0,  # >0 leaves the fused attention kernel for an explicit softmax
-      layer_norm_eps=1e-12 if is_bert else 1e-5,
       initializer_range=0.02,
       dtype='bfloat16' if large else 'float32',  # compute dtype; parameters stay float32
       # none | full | dots_saveable | dots_with_no_batch_dims. At long sequences the float32 attention scores that

@@ -1,4 +1,4 @@
-r"""A 1.3B decoder (gpt2 variant, 24 x 2048) on English Wikipedia at seq 2048, GPT-3 XL's recipe, on a TPU v5p-64.
+r"""A 1.3B decoder (gpt2 preset, 24 x 2048) on English Wikipedia at seq 2048, GPT-3 XL's recipe, on a TPU v5p-64.
 
 Recipe (GPT-3 paper, XL): batch 512 x 2048 = 1M tokens, 286k steps (300B tokens), AdamW lr 2e-4 (b2 0.95,
 weight decay 0.1, clip 1.0), 375 warmup steps (375M tokens) then cosine decay to 10%; bfloat16, remat

@@ -1,4 +1,4 @@
-"""GPT-style causal-LM pretraining (gpt2 variant: pre-LN, tanh GELU, final LN, tied LM head).
+"""GPT-style causal-LM pretraining (the gpt2 preset: pre-LN, tanh GELU, final LN, tied LM head).
 
   python -m pretrain --config configs/pretrain_clm.py:size=tiny --workdir /tmp/clm
   python -m pretrain --config configs/pretrain_clm.py:size=gpt2-small --workdir /shared/runs/gpt2 \

@@ -1,4 +1,5 @@
-"""BERT-style masked-LM pretraining (bert variant: post-LN, token types, erf GELU, tied MLM head).
+"""BERT-style masked-LM pretraining (the bert preset: post-LN, token types, erf GELU, tied MLM head; any
+model.* field may be overridden, e.g. --config.model.norm_position=pre for a pre-LN encoder).
 
   python -m pretrain --config configs/pretrain_mlm.py:size=tiny --workdir /tmp/mlm
   python -m pretrain --config configs/pretrain_mlm.py:size=bert-base --workdir /shared/runs/bert-base \

@@ -4,17 +4,15 @@ Each failure is one ConfigError naming the field or file: the task, the data sou
 path with no checkpoint, a vocabulary or length the checkpoint's model cannot hold), the train settings.
 """
 import dataclasses
-import types
 
 from finetune.data import GLUE_DIR_SCHEME, glue_dir
-from finetune.model import POOLINGS
 from finetune.tasks import TASKS, Task
 from pretrain.data.tokenizers import tokenizer_from_meta
+from pretrain.model.config import ModelConfig, fields_with_role, from_checkpoint_meta, validate_runtime
+from pretrain.model.heads import POOLINGS
+from pretrain.optim import OptimizerSettings
 from pretrain.runtime import checkpoint as checkpoint_lib
-from pretrain import optim
 from pretrain.runtime.errors import require
-from pretrain.model.config import RUNTIME_FIELDS, ModelConfig, validate_runtime
-from pretrain.data.tokenizer import Tokenizer
 
 SOURCE_SCHEMES = (GLUE_DIR_SCHEME, 'tfds:')
 
@@ -22,7 +20,7 @@ SOURCE_SCHEMES = (GLUE_DIR_SCHEME, 'tfds:')
 @dataclasses.dataclass(frozen=True)
 class Pretrained:
   model_cfg: ModelConfig  # the checkpoint's architecture with this run's dropout/dtype/remat
-  tokenizer: Tokenizer
+  tokenizer: object  # pretrain.data.tokenizer.Tokenizer or pretrain.data.hf_tokenizer.HfTokenizer
   checkpoint: str  # the resolved step directory
 
 
@@ -62,22 +60,17 @@ def validate(config) -> Task:
   return task
 
 
-def optimizer_settings(train_cfg, total_steps: int) -> types.SimpleNamespace:
-  """The fields pretrain.optim reads, with steps and warmup from the epoch count."""
-  settings = types.SimpleNamespace(
-      steps=total_steps, warmup_steps=round(train_cfg.warmup_fraction * total_steps),
-      **{k: train_cfg[k] for k in ('learning_rate', 'end_learning_rate_fraction', 'schedule', 'weight_decay',
-                                   'b1', 'b2', 'eps', 'grad_clip_norm')})
-  optim.make_optimizer(settings)
-  return settings
+def optimizer_settings(train_cfg, total_steps: int) -> OptimizerSettings:
+  """The optimizer of config.train, with steps and warmup from the epoch count (validated)."""
+  return OptimizerSettings.pick(train_cfg, steps=total_steps,
+                                warmup_steps=round(train_cfg.warmup_fraction * total_steps))
 
 
 def load_pretrained(config) -> Pretrained:
   """The checkpoint's architecture and tokenizer, checked against this config (reads no arrays)."""
   step_dir, meta = checkpoint_lib.read_checked_meta(config.init_checkpoint, 'init_checkpoint')
-  saved = dict(meta['config']['model'])
-  saved.update({k: config.model[k] for k in RUNTIME_FIELDS})
-  model_cfg = ModelConfig.from_config(saved)
+  model_cfg = from_checkpoint_meta(meta, sentence_head=False,
+                                   **{k: config.model[k] for k in fields_with_role('runtime')})
   tokenizer = tokenizer_from_meta(meta)
   require(tokenizer.vocab_size <= model_cfg.vocab_size,
           f'init_checkpoint: its tokenizer has {tokenizer.vocab_size} pieces but model.vocab_size is '
@@ -86,7 +79,7 @@ def load_pretrained(config) -> Pretrained:
           f'data.max_length: {config.data.max_length} exceeds the checkpoint\'s model.max_position_embeddings '
           f'{model_cfg.max_position_embeddings}')
   pairs = len(TASKS[config.task].text_columns) == 2
-  require(not pairs or model_cfg.variant != 'bert' or model_cfg.type_vocab_size >= 2,
+  require(not pairs or model_cfg.type_vocab_size == 0 or model_cfg.type_vocab_size >= 2,
           f'init_checkpoint: {config.task} pairs need 2 token types; the checkpoint\'s model.type_vocab_size is '
           f'{model_cfg.type_vocab_size} in {step_dir}')
   return Pretrained(model_cfg, tokenizer, str(step_dir))

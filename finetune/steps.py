@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from pretrain.objectives import DROPOUT_STREAM
+from pretrain.masking import DROPOUT_STREAM
 
 
 @dataclasses.dataclass(frozen=True)

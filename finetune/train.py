@@ -19,7 +19,6 @@ from jax.sharding import NamedSharding, PartitionSpec
 from finetune import checks, features, outputs
 from finetune import data as data_lib
 from finetune import metrics as metrics_lib
-from finetune.model import Classifier
 from finetune.steps import make_steps
 from finetune.tasks import Task
 from finetune.tfds_glue import read_tfds
@@ -28,8 +27,8 @@ from pretrain import optim
 from pretrain.runtime import sharding
 from pretrain.runtime.errors import require
 from pretrain.runtime.metrics_log import MetricsLog
-from pretrain.train import train_state_shardings
-from pretrain.train_step import init_state
+from pretrain.model.heads import Classifier
+from pretrain.trainer import shard_state
 
 
 def load_data(config, task: Task) -> data_lib.TaskData:
@@ -73,14 +72,11 @@ class Compiled:
 def _compile(config, pretrained: checks.Pretrained, task: Task, mesh, rules, optimizer) -> Compiled:
   """Call inside sharding.use_mesh_and_rules(mesh, rules)."""
   build_model = lambda: Classifier(pretrained.model_cfg, task.num_labels, nnx.Rngs(config.seed), config.pooling)
-  graphdef, abstract_params = nnx.split(nnx.eval_shape(build_model))
-  param_shardings = nnx.to_pure_dict(sharding.state_shardings(abstract_params, mesh, rules))
-  abstract_state = jax.eval_shape(lambda: init_state(build_model(), optimizer, config.seed))
-  state_shardings = train_state_shardings(abstract_state, param_shardings, optimizer, mesh)
-  state = jax.jit(lambda: init_state(build_model(), optimizer, config.seed), out_shardings=state_shardings)()
+  layout = shard_state(build_model, optimizer, config.seed, mesh, rules)
+  graphdef, param_shardings, state_shardings = layout.graphdef, layout.param_shardings, layout.state_shardings
+  state = layout.init()
   if not config.from_scratch:  # the fresh Adam moments are zeros either way
-    target = {'encoder': jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                      abstract_state['params']['encoder'], param_shardings['encoder'])}
+    target = {'encoder': layout.abstract_state['params']['encoder']}
     state['params']['encoder'] = checkpoint_lib.restore_params(pretrained.checkpoint, target)['encoder']
     logging.info('restored the encoder from %s', pretrained.checkpoint)
 

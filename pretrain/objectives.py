@@ -1,136 +1,193 @@
-"""Pretraining objectives as pure functions of a packed batch: -> inputs, targets, per-token loss weights.
+"""Pretraining objectives behind one interface, so the train step, the loop, the FLOP count and the tools never ask
+which objective they run.
 
-Batches hold `tokens`, `segment_ids` (1, 2, ... per packed document, 0 = padding) and `positions`,
-all int32 [batch, length]; sentence-pair batches (mlm.sentence_task) add `token_types` [batch, length] and
-`sentence_labels` [batch, 1] (see pretrain/sentence_pairs.py).
+An Objective says
+  batch_shapes             what a batch holds (int32 arrays; the data pipeline delivers exactly these)
+  examples                 the model's inputs and the targets, drawn per example from (seed, step, example index)
+  loss_sums / normalizers  each loss term as sums over the batch, and what the whole batch divides each by (known
+                           before any microbatch runs, so gradient accumulation and hosts combine exactly)
+  train_metrics / eval_metrics   the names and values of what is logged
+  predicted_per_sequence   how many tokens of a sequence reach the output layer (for the FLOP count)
+
+  mlm  MaskedLM: BERT masking (pretrain/masking.py); with mlm.sentence_task nsp or sop, sentence pairs and a
+       second loss term from the sentence head (the batch then adds `token_types` and `sentence_labels`)
+  clm  CausalLM: every position predicts the next token of its own document
 """
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
 
-MASK_STREAM = 1  # folded into the seed so MLM masks and dropout draw from different streams
-DROPOUT_STREAM = 2
+from pretrain import masking
+from pretrain.data.sentence_pairs import TASKS as SENTENCE_TASKS
+from pretrain.runtime.errors import require
+
+OBJECTIVES = ('mlm', 'clm')
+# The ids our SentencePiece models reserve (pad, unk, cls, sep, [MASK]): what planning and benchmarks mask with,
+# when no tokenizer exists yet. They change no shape.
+RESERVED_SPECIAL_IDS = (0, 1, 2, 3, 4)
+PLANNING_MASK_ID = 4
 
 
 @dataclasses.dataclass(frozen=True)
 class MlmSettings:
-  mask_id: int
-  special_ids: tuple[int, ...]  # never chosen for prediction (pad, cls, sep, mask, ...)
-  random_vocab_size: int  # random replacements are drawn from [0, random_vocab_size): the tokenizer's vocab
+  """config.mlm: BERT's masking rates, whole-word masking and the sentence task (objective 'mlm' only)."""
   mask_prob: float = 0.15
   mask_token_prob: float = 0.8
   random_token_prob: float = 0.1
-  # Whole-word masking: piece id -> the piece begins a word (Tokenizer.word_starts()); None masks per token.
-  word_starts: tuple[bool, ...] | None = None
+  whole_word_masking: bool = False
+  sentence_task: str = dataclasses.field(default='none', metadata={'fixed_by_checkpoint': True})
+
+  @classmethod
+  def from_config(cls, mlm_cfg, objective: str) -> 'MlmSettings':
+    settings = cls(**dict(mlm_cfg.items()))
+    require(settings.sentence_task in SENTENCE_TASKS,
+            f'mlm.sentence_task: {settings.sentence_task!r} is not one of {SENTENCE_TASKS}')
+    for field, used in (('sentence_task', settings.sentence_task != 'none'),
+                        ('whole_word_masking', settings.whole_word_masking)):
+      require(not used or objective == 'mlm', f"mlm.{field}: needs objective 'mlm', got {objective!r}")
+    if objective == 'mlm':
+      require(0 < settings.mask_prob < 1, f'mlm.mask_prob: must be in (0, 1), got {settings.mask_prob}')
+      require(settings.mask_token_prob >= 0 and settings.random_token_prob >= 0
+              and settings.mask_token_prob + settings.random_token_prob <= 1,
+              'mlm.mask_token_prob + mlm.random_token_prob: must be non-negative and sum to at most 1')
+    return settings
 
 
-def example_keys(seed_key: jax.Array, stream: int, step: jax.Array, example_ids: jax.Array) -> jax.Array:
-  """One key per example, from (seed key, stream, step, example index in the global batch) alone.
-
-  A resumed run, a run on another number of hosts, or one split into microbatches draws the same randomness
-  for the same example of the same step.
-  """
-  step_key = jax.random.fold_in(jax.random.fold_in(seed_key, stream), step)
-  return jax.vmap(lambda i: jax.random.fold_in(step_key, i))(example_ids)
-
-
-def max_predictions(seq_len: int, mask_prob: float) -> int:
-  """Static number of predicted slots per sequence: enough for round(seq_len * mask_prob)."""
-  return max(1, round(seq_len * mask_prob))
+def _mean(sums: dict, prefix: str = '', on_host: bool = False) -> dict:
+  """{loss, accuracy} of one term's sums (prefix '' for the token term, 'sentence_' for the sentence head): jax
+  arrays inside a step, Python floats of summed host values (evaluation)."""
+  if on_host:  # no eval rows at all: zeros
+    loss_sum, correct_sum, weight = (float(sums.get(f'{prefix}{k}_sum', 0.0)) for k in ('loss', 'correct', 'weight'))
+    weight = max(weight, 1.0)
+  else:
+    loss_sum, correct_sum = sums[f'{prefix}loss_sum'], sums[f'{prefix}correct_sum']
+    weight = jnp.maximum(sums[f'{prefix}weight_sum'], 1.0)
+  return {f'{prefix}loss': loss_sum / weight, f'{prefix}accuracy': correct_sum / weight}
 
 
-def mlm(batch: dict, keys_b: jax.Array, settings: MlmSettings) -> dict:
-  """BERT masking. Per sequence, exactly max(1, round(mask_prob * eligible)) of the real, non-special tokens
-  are chosen (as in the original BERT data pipeline); of those 80% -> [MASK], 10% -> a random token, 10% kept.
-  With settings.word_starts, whole words are chosen instead (`whole_words`), and the count is a budget.
+@dataclasses.dataclass(frozen=True)
+class _TokenPrediction:
+  """Shared by the objectives that predict tokens with LanguageModel.pretraining_logits."""
 
-  Only the chosen positions are predicted: `positions` [batch, K] indexes them (K = max_predictions), with
-  `targets` and `weights` [batch, K]; unused slots have weight 0. The output layer then runs on K tokens per
-  sequence instead of all of them.
-  """
-  tokens_bt = batch['tokens']
-  num_slots = max_predictions(tokens_bt.shape[1], settings.mask_prob)
-  special = jnp.asarray(settings.special_ids, tokens_bt.dtype)
-  word_starts_v = None if settings.word_starts is None else jnp.asarray(settings.word_starts, bool)
+  def batch_shapes(self, rows: int, seq_len: int) -> dict[str, tuple[int, ...]]:
+    return dict.fromkeys(('tokens', 'segment_ids', 'positions'), (rows, seq_len))
 
-  def mask_one(tokens_t, segments_t, key):
-    choose_key, kind_key, random_key = jax.random.split(key, 3)
-    special_t = jnp.isin(tokens_t, special)
-    eligible_t = ~special_t & (segments_t != 0)
-    num_eligible = jnp.sum(eligible_t)
-    count = jnp.clip(jnp.round(num_eligible * settings.mask_prob), jnp.minimum(num_eligible, 1), num_slots)
-    uniform_t = jax.random.uniform(choose_key, tokens_t.shape)
-    candidates_t = eligible_t  # per token: the first `count` of them in random order are chosen
-    if word_starts_v is not None:  # whole words: exactly these tokens, at most `count` of them
-      candidates_t = whole_words(word_starts_v[tokens_t], special_t, segments_t, eligible_t, uniform_t, count,
-                                 num_slots)
-      count = jnp.sum(candidates_t)
-    scores_t = jnp.where(candidates_t, uniform_t, 2.0)
-    _, positions_k = jax.lax.top_k(-scores_t, num_slots)  # candidates in random order first
-    weights_k = jnp.arange(num_slots) < count
-    kind_k = jax.random.uniform(kind_key, (num_slots,))
-    random_k = jax.random.randint(random_key, (num_slots,), 0, settings.random_vocab_size, tokens_t.dtype)
-    targets_k = tokens_t[positions_k]
-    replaced_k = jnp.where(kind_k < settings.mask_token_prob, settings.mask_id,
-                           jnp.where(kind_k < settings.mask_token_prob + settings.random_token_prob,
-                                     random_k, targets_k))
-    inputs_t = tokens_t.at[positions_k].set(jnp.where(weights_k, replaced_k, targets_k))
-    return inputs_t, positions_k, targets_k, weights_k.astype(jnp.float32)
+  def model_inputs(self, batch: dict) -> dict:
+    """What of the batch the model reads besides the (masked) tokens."""
+    return {'segment_ids': batch['segment_ids'], 'positions': batch['positions']}
 
-  inputs_bt, positions_bk, targets_bk, weights_bk = jax.vmap(mask_one)(tokens_bt, batch['segment_ids'], keys_b)
-  return {'inputs': inputs_bt, 'positions': positions_bk, 'targets': targets_bk, 'weights': weights_bk}
+  def loss_sums(self, model, batch: dict, ex: dict, dropout_key: jax.Array | None) -> dict:
+    """Each term's loss_sum, correct_sum and weight_sum over the batch (the token term unprefixed)."""
+    logits_btv, sentence_logits_bc = model.pretraining_logits(
+        ex['inputs'], predict_positions=ex['positions'], dropout_key=dropout_key, **self.model_inputs(batch))
+    return self._more_sums(weighted_cross_entropy(logits_btv, ex['targets'], ex['weights']), sentence_logits_bc, ex)
+
+  def _more_sums(self, sums: dict, sentence_logits_bc, ex: dict) -> dict:
+    del sentence_logits_bc, ex
+    return sums
+
+  def normalizers(self, ex: dict) -> dict:
+    """Each summed loss term -> what the whole batch divides it by (its number of predicted tokens)."""
+    return {'loss_sum': jnp.maximum(jnp.sum(ex['weights']), 1.0)}
 
 
-def whole_words(piece_starts_t: jax.Array, special_t: jax.Array, segments_t: jax.Array, eligible_t: jax.Array,
-                uniform_t: jax.Array, budget: jax.Array, max_budget: int) -> jax.Array:
-  """bool [length]: the eligible tokens of the words whole-word masking predicts, for one sequence.
+@dataclasses.dataclass(frozen=True)
+class MaskedLM(_TokenPrediction):
+  masking: masking.Masking
+  sentence_task: str = 'none'  # nsp | sop: sentence-pair batches and the sentence head's loss term
+  name = 'mlm'
 
-  A token begins a word when its piece begins one (piece_starts_t), when it is special or follows a special, or
-  when a new segment begins. Words are visited in a random order (each word's key: uniform_t at its first token)
-  and, as in BERT's create_pretraining_data, a word is taken when the running token count plus its size stays
-  <= budget, else skipped. With every piece a word start, it chooses exactly what per-token masking chooses.
-  """
-  length = piece_starts_t.shape[0]
-  starts_t = (piece_starts_t | special_t | jnp.roll(special_t, 1) | (segments_t != jnp.roll(segments_t, 1))
-              ).at[0].set(True)
-  word_t = jnp.cumsum(starts_t) - 1  # [length] word index of each token
-  size_w = jax.ops.segment_sum(eligible_t.astype(jnp.int32), word_t, num_segments=length)
-  score_w = jnp.full(length, 2.0).at[jnp.where(starts_t, word_t, length)].set(uniform_t, mode='drop')
-  order_w = jnp.argsort(jnp.where(size_w > 0, score_w, 2.0))  # words to try, first to last
-  taken_w = jnp.zeros(length, bool).at[order_w].set(_greedy_fits(size_w[order_w], budget, max_budget))
-  return eligible_t & taken_w[word_t]
+  def batch_shapes(self, rows: int, seq_len: int) -> dict[str, tuple[int, ...]]:
+    shapes = super().batch_shapes(rows, seq_len)
+    if self.sentence_task != 'none':
+      shapes.update(token_types=(rows, seq_len), sentence_labels=(rows, 1))
+    return shapes
+
+  def model_inputs(self, batch: dict) -> dict:
+    inputs = super().model_inputs(batch)
+    if self.sentence_task != 'none':
+      inputs['token_type_ids'] = batch['token_types']
+    return inputs
+
+  def examples(self, batch: dict, rng: jax.Array, step: jax.Array, example_ids: jax.Array) -> dict:
+    keys_b = masking.example_keys(rng, masking.MASK_STREAM, step, example_ids)
+    ex = masking.mlm(batch, keys_b, self.masking)
+    if self.sentence_task != 'none':  # one target per example; all-padding rows (eval) weigh 0
+      ex.update(sentence_targets=batch['sentence_labels'],
+                sentence_weights=(batch['segment_ids'][:, :1] > 0).astype(jnp.float32))
+    return ex
+
+  def _more_sums(self, sums: dict, sentence_logits_bc, ex: dict) -> dict:
+    if self.sentence_task != 'none':
+      sentence = weighted_cross_entropy(sentence_logits_bc[:, None], ex['sentence_targets'], ex['sentence_weights'])
+      sums.update({f'sentence_{k}': v for k, v in sentence.items()})
+    return sums
+
+  def normalizers(self, ex: dict) -> dict:
+    normalizers = super().normalizers(ex)
+    if self.sentence_task != 'none':  # the batch's real examples
+      normalizers['sentence_loss_sum'] = jnp.maximum(jnp.sum(ex['sentence_weights']), 1.0)
+    return normalizers
+
+  def train_metrics(self, sums: dict, on_host: bool = False) -> dict:
+    """loss and accuracy (of the masked tokens); with a sentence task also sentence_loss, sentence_accuracy."""
+    sentence = _mean(sums, 'sentence_', on_host) if self.sentence_task != 'none' else {}
+    return {**_mean(sums, on_host=on_host), **sentence}
+
+  def eval_metrics(self, sums: dict) -> dict:
+    """The train metrics of the summed eval batches, as eval_loss, eval_accuracy, ..."""
+    return {f'eval_{k}': v for k, v in self.train_metrics(sums, on_host=True).items()}
+
+  def predicted_per_sequence(self, seq_len: int) -> int:
+    return masking.max_predictions(seq_len, self.masking.mask_prob)
 
 
-def _greedy_fits(sizes_w: jax.Array, budget: jax.Array, max_budget: int) -> jax.Array:
-  """bool [words]: in order, each word is taken when the running total plus its size stays <= budget.
+@dataclasses.dataclass(frozen=True)
+class CausalLM(_TokenPrediction):
+  name = 'clm'
 
-  Word w maps the running total c to c + size_w if that fits, else to c: a table over c in 0..max_budget.
-  The tables compose associatively, so lax.associative_scan runs the sequential pass in log(words) steps.
-  """
-  counts_c = jnp.arange(max_budget + 1)
-  grown_wc = counts_c + sizes_w[:, None]
-  maps_wc = jnp.where(grown_wc <= budget, grown_wc, counts_c)
-  then = lambda first_wc, second_wc: jnp.take_along_axis(second_wc, first_wc, axis=-1)
-  after_w = jax.lax.associative_scan(then, maps_wc)[:, 0]  # running total after each word, starting from 0
-  before_w = jnp.concatenate([jnp.zeros(1, after_w.dtype), after_w[:-1]])
-  return after_w > before_w
+  def examples(self, batch: dict, rng: jax.Array, step: jax.Array, example_ids: jax.Array) -> dict:
+    """Position t predicts token t+1 of the same packed segment; padding never counts. Every position is
+    predicted (`positions` is None)."""
+    del rng, step, example_ids
+    tokens_bt, segment_bt = batch['tokens'], batch['segment_ids']
+    targets_bt = jnp.roll(tokens_bt, -1, axis=1)
+    next_segment_bt = jnp.roll(segment_bt, -1, axis=1).at[:, -1].set(0)
+    weights_bt = (segment_bt != 0) & (next_segment_bt == segment_bt)
+    return {'inputs': tokens_bt, 'positions': None, 'targets': targets_bt,
+            'weights': weights_bt.astype(jnp.float32)}
+
+  def train_metrics(self, sums: dict) -> dict:
+    return {'loss': _mean(sums)['loss']}
+
+  def eval_metrics(self, sums: dict) -> dict:
+    loss, accuracy = _mean(sums, on_host=True).values()
+    return {'eval_loss': loss, 'eval_perplexity': math.exp(min(loss, 50.0)), 'eval_accuracy': accuracy}
+
+  def predicted_per_sequence(self, seq_len: int) -> int:
+    return seq_len
 
 
-def clm(batch: dict) -> dict:
-  """Next-token prediction: position t predicts token t+1 of the same packed segment; padding never counts.
-  Every position is predicted (`positions` is None)."""
-  tokens_bt, segment_bt = batch['tokens'], batch['segment_ids']
-  targets_bt = jnp.roll(tokens_bt, -1, axis=1)
-  next_segment_bt = jnp.roll(segment_bt, -1, axis=1).at[:, -1].set(0)
-  weights_bt = (segment_bt != 0) & (next_segment_bt == segment_bt)
-  return {'inputs': tokens_bt, 'positions': None, 'targets': targets_bt, 'weights': weights_bt.astype(jnp.float32)}
-
-
-def sentence_pair_targets(batch: dict) -> dict:
-  """nsp / sop: one target per example, `sentence_labels` [batch, 1]; all-padding rows (eval) weigh 0."""
-  return {'sentence_targets': batch['sentence_labels'],
-          'sentence_weights': (batch['segment_ids'][:, :1] > 0).astype(jnp.float32)}
+def build(name: str, mlm: MlmSettings, vocab_size: int, tokenizer=None):
+  """The objective `name` for a model of vocab_size; MLM masks with the tokenizer's special ids (None: the
+  ids our SentencePiece models reserve, for planning before a tokenizer exists)."""
+  require(name in OBJECTIVES, f'objective: {name!r} is not one of {OBJECTIVES}')
+  if name == 'clm':
+    return CausalLM()
+  if tokenizer is None:
+    settings = masking.Masking(mask_id=PLANNING_MASK_ID, special_ids=RESERVED_SPECIAL_IDS,
+                               random_vocab_size=vocab_size, mask_prob=mlm.mask_prob,
+                               mask_token_prob=mlm.mask_token_prob, random_token_prob=mlm.random_token_prob,
+                               word_starts=(True,) * vocab_size if mlm.whole_word_masking else None)
+  else:
+    settings = masking.Masking(mask_id=tokenizer.mask_id, special_ids=tuple(tokenizer.special_ids),
+                               random_vocab_size=tokenizer.vocab_size, mask_prob=mlm.mask_prob,
+                               mask_token_prob=mlm.mask_token_prob, random_token_prob=mlm.random_token_prob,
+                               word_starts=(tuple(tokenizer.word_starts().tolist())
+                                            if mlm.whole_word_masking else None))
+  return MaskedLM(settings, mlm.sentence_task)
 
 
 def weighted_cross_entropy(logits_btv: jax.Array, targets_bt: jax.Array, weights_bt: jax.Array) -> dict:

@@ -10,8 +10,9 @@ number of predicted tokens) is known; each microbatch's gradients are those of i
 loss, and summing them gives the whole batch's. Masks and dropout are drawn per example (seed, step, row in the
 global batch): k microbatches give the same update as one step on the whole batch.
 
-Sentence pairs (batches with `sentence_labels`, mlm.sentence_task nsp or sop): the loss adds the sentence head's
-mean cross-entropy over the batch's real examples to the MLM loss, as BertForPreTraining does.
+The objective (pretrain/objectives.py) says what the model reads of a batch, the loss terms and their
+normalisers, and the metrics; the loss optimised is the sum of each term's sum over its normaliser (MLM with a
+sentence task: the MLM loss plus the sentence head's mean cross-entropy, as BertForPreTraining).
 
 A step whose loss, gradients or updates are not all finite changes nothing but the step counter (the batch is
 consumed); metrics['nonfinite'] is 1 for it, and the loop counts such steps.
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from pretrain import objectives
+from pretrain import masking
 from pretrain.runtime.sharding import constrain
 
 EVAL_STEP = 2**30  # the 'step' eval masks are drawn from: fixed, so every evaluation sees the same masks
@@ -46,45 +47,24 @@ def split_microbatches(tree: Any, k: int) -> Any:
   return jax.tree.map(split, tree)
 
 
-def make_steps(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, objective: str,
-               mlm_settings: objectives.MlmSettings | None, microbatches: int = 1) -> StepFunctions:
+def make_steps(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, objective,
+               microbatches: int = 1) -> StepFunctions:
 
-  def examples(batch: dict, rng: jax.Array, step: jax.Array, example_ids: jax.Array) -> dict:
-    """The objective's inputs/targets/weights (MLM masks drawn per example) and each row's example index."""
-    if objective == 'clm':
-      ex = objectives.clm(batch)
-    else:
-      ex = objectives.mlm(batch, objectives.example_keys(rng, objectives.MASK_STREAM, step, example_ids), mlm_settings)
-    if 'sentence_labels' in batch:
-      ex.update(objectives.sentence_pair_targets(batch))
-    return {**ex, 'example_ids': example_ids}
+  def examples(batch: dict, rng: jax.Array, step: jax.Array) -> dict:
+    """The objective's inputs/targets/weights (drawn per example) and each row's example index."""
+    example_ids = jnp.arange(batch['tokens'].shape[0])
+    return {**objective.examples(batch, rng, step, example_ids), 'example_ids': example_ids}
 
   def loss_sums(params: dict, batch: dict, ex: dict, rng: jax.Array, step: jax.Array, train: bool) -> dict:
-    dropout_keys_b = (objectives.example_keys(rng, objectives.DROPOUT_STREAM, step, ex['example_ids'])
+    dropout_keys_b = (masking.example_keys(rng, masking.DROPOUT_STREAM, step, ex['example_ids'])
                       if train else None)
-    model = nnx.merge(graphdef, params)
-    logits_btv, sentence_logits_bc = model.pretraining_logits(
-        ex['inputs'], predict_positions=ex['positions'], segment_ids=batch['segment_ids'],
-        positions=batch['positions'], token_type_ids=batch.get('token_types'), dropout_key=dropout_keys_b)
-    sums = objectives.weighted_cross_entropy(logits_btv, ex['targets'], ex['weights'])
-    if 'sentence_targets' in ex:
-      sentence = objectives.weighted_cross_entropy(sentence_logits_bc[:, None], ex['sentence_targets'],
-                                                   ex['sentence_weights'])
-      sums.update({f'sentence_{k}': v for k, v in sentence.items()})
-    return sums
-
-  def loss_normalizers(ex: dict) -> dict:
-    """Each summed loss term -> what the whole batch divides it by (known before any microbatch runs)."""
-    normalizers = {'loss_sum': jnp.maximum(jnp.sum(ex['weights']), 1.0)}
-    if 'sentence_weights' in ex:  # the batch's real examples
-      normalizers['sentence_loss_sum'] = jnp.maximum(jnp.sum(ex['sentence_weights']), 1.0)
-    return normalizers
+    return objective.loss_sums(nnx.merge(graphdef, params), batch, ex, dropout_keys_b)
 
   def mean_grads(state: dict, batch: dict) -> tuple[dict, dict]:
     """Gradients of the batch's mean loss, and the loss/accuracy sums, accumulated over the microbatches."""
     rng, step = jax.random.wrap_key_data(state['rng']), state['step']
-    ex = examples(batch, rng, step, jnp.arange(batch['tokens'].shape[0]))
-    normalizers = loss_normalizers(ex)
+    ex = examples(batch, rng, step)
+    normalizers = objective.normalizers(ex)
 
     def loss_fn(params, batch, ex):
       sums = loss_sums(params, batch, ex, rng, step, train=True)
@@ -111,27 +91,13 @@ def make_steps(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, 
     # A non-finite loss, gradient or update leaves the parameters and optimizer state as they were.
     params = jax.tree.map(lambda p, u: jnp.where(finite, p + u.astype(p.dtype), p), state['params'], updates)
     opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), opt_state, state['opt_state'])
-    weight = jnp.maximum(sums['weight_sum'], 1.0)
-    metrics = {'loss': sums['loss_sum'] / weight, 'accuracy': sums['correct_sum'] / weight,
-               'grad_norm': grad_norm, 'predicted_tokens': sums['weight_sum'],
+    metrics = {**objective.train_metrics(sums), 'grad_norm': grad_norm, 'predicted_tokens': sums['weight_sum'],
                'nonfinite': 1.0 - finite.astype(jnp.float32)}
-    if 'sentence_loss_sum' in sums:  # `loss` stays the MLM loss; the optimised loss adds sentence_loss
-      examples_count = jnp.maximum(sums['sentence_weight_sum'], 1.0)
-      metrics.update(sentence_loss=sums['sentence_loss_sum'] / examples_count,
-                     sentence_accuracy=sums['sentence_correct_sum'] / examples_count)
     new_state = {'step': state['step'] + 1, 'params': params, 'opt_state': opt_state, 'rng': state['rng']}
     return new_state, metrics
 
   def eval_step(params: dict, rng_data: jax.Array, batch: dict, batch_index: jax.Array) -> dict:
     rng, step = jax.random.fold_in(jax.random.wrap_key_data(rng_data), batch_index), jnp.asarray(EVAL_STEP)
-    ex = examples(batch, rng, step, jnp.arange(batch['tokens'].shape[0]))
-    return loss_sums(params, batch, ex, rng, step, train=False)
+    return loss_sums(params, batch, examples(batch, rng, step), rng, step, train=False)
 
   return StepFunctions(train=train_step, grads=mean_grads, eval=eval_step)
-
-
-def init_state(model: nnx.Module, optimizer: optax.GradientTransformation, seed: int) -> dict[str, Any]:
-  """The train state of a freshly built model (call under jit with out_shardings to init sharded)."""
-  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-  return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': optimizer.init(params),
-          'rng': jax.random.key_data(jax.random.key(seed))}

@@ -19,7 +19,7 @@ from pretrain.runtime.errors import ConfigError
 from tests.checkpoint_fixtures import pretrain_checkpoint
 from tests.glue_fixtures import write_task
 from tests.helpers import tiny_config
-from pretrain.model import load as checkpoint_model
+from pretrain.model import load as model_load
 from tools.convert_checkpoint import cli as convert_checkpoint
 from tools.convert_checkpoint import export as export_lib
 from tools.convert_checkpoint import importer, verify
@@ -43,7 +43,7 @@ def ours(tmp_path_factory):
 
 
 def _our_logits(checkpoint, ids, **kwargs):
-  loaded = checkpoint_model.load(str(checkpoint))
+  loaded = model_load.load_checkpoint(str(checkpoint))
   return np.asarray(loaded.build()(jnp.asarray(ids), **{k: jnp.asarray(v) for k, v in kwargs.items()}))
 
 
@@ -62,7 +62,7 @@ def test_export_matches_transformers_logits_and_tokenizer(ours, tmp_path, capsys
   auto = transformers.AutoModelForMaskedLM if objective == 'mlm' else transformers.AutoModelForCausalLM
   model = auto.from_pretrained(tmp_path / 'hf').eval()
   assert type(model) is HF_CLASSES[objective]
-  loaded = checkpoint_model.load(str(checkpoint))
+  loaded = model_load.load_checkpoint(str(checkpoint))
   ids = np.random.default_rng(steps).integers(0, loaded.tokenizer.vocab_size, (2, 24))
   kwargs = {'token_type_ids': (np.arange(24) >= 10).astype(np.int64)[None].repeat(2, 0)} if objective == 'mlm' else {}
   diff = np.abs(_our_logits(checkpoint, ids, **kwargs) - _hf_logits(model, ids, **kwargs)).max()
@@ -108,8 +108,8 @@ def test_round_trip_ours_hf_ours_is_bitwise_identical(ours, tmp_path, objective)
   checkpoint = ours(objective, 3)
   export_lib.export(str(checkpoint), str(tmp_path / 'hf'))
   importer.import_hf(str(tmp_path / 'hf'), str(tmp_path / 'back'))
-  before, after = checkpoint_model.load(str(checkpoint)), checkpoint_model.load(str(tmp_path / 'back'))
-  flat_before, flat_after = checkpoint_model.flatten(before.params), checkpoint_model.flatten(after.params)
+  before, after = model_load.load_checkpoint(str(checkpoint)), model_load.load_checkpoint(str(tmp_path / 'back'))
+  flat_before, flat_after = model_load.flatten(before.params), model_load.flatten(after.params)
   assert flat_before.keys() == flat_after.keys()
   for name in flat_before:
     assert np.array_equal(np.asarray(flat_before[name]), np.asarray(flat_after[name])), name
@@ -190,7 +190,7 @@ def test_import_matches_transformers_logits(tmp_path, variant, make, steps, safe
   diff = np.abs(_our_logits(tmp_path / 'ours', ids, **kwargs) - _hf_logits(model, ids, **kwargs)).max()
   assert diff <= TOLERANCE, diff
 
-  tokenizer = checkpoint_model.load(str(tmp_path / 'ours')).tokenizer
+  tokenizer = model_load.load_checkpoint(str(tmp_path / 'ours')).tokenizer
   reference = transformers.AutoTokenizer.from_pretrained(hf_dir) if variant == 'bert' else \
       transformers.GPT2TokenizerFast(str(hf_dir / 'vocab.json'), str(hf_dir / 'merges.txt'))
   text = 'The cat sat on a mat, and the dog ran!'
@@ -206,10 +206,10 @@ def test_imported_checkpoint_continues_pretraining_with_its_architecture_and_tok
   config.train.steps, config.train.warmup_steps, config.train.eval_every = 1, 1, 1000
   config.train.eval_batches = 1
   pretrain_train.run(config, str(tmp_path / 'continued'))
-  before = checkpoint_model.load(str(tmp_path / 'imported'))
-  after = checkpoint_model.load(str(tmp_path / 'continued'))
+  before = model_load.load_checkpoint(str(tmp_path / 'imported'))
+  after = model_load.load_checkpoint(str(tmp_path / 'continued'))
   assert after.model_cfg.hidden_size == 32 and after.tokenizer.vocab_size == before.tokenizer.vocab_size
-  flat_before, flat_after = checkpoint_model.flatten(before.params), checkpoint_model.flatten(after.params)
+  flat_before, flat_after = model_load.flatten(before.params), model_load.flatten(after.params)
   for name in flat_before:  # one step at learning rate 0 (the first warmup step) changes nothing
     assert np.array_equal(np.asarray(flat_before[name]), np.asarray(flat_after[name])), name
 
@@ -226,7 +226,7 @@ def test_finetuned_bert_exports_as_sequence_classification(ours, tmp_path):
   model = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / 'hf').eval()
   assert type(model) is transformers.BertForSequenceClassification
   assert model.config.id2label == {0: '0', 1: '1'} and model.config.finetuning_task == 'mrpc'
-  loaded = checkpoint_model.load(results['checkpoint'])
+  loaded = model_load.load_checkpoint(results['checkpoint'])
   ids = np.random.default_rng(0).integers(5, 400, (3, 16))
   types, real = np.tile((np.arange(16) >= 7).astype(np.int64), (3, 1)), np.ones((3, 16), np.int64)
   ours_bc = np.asarray(loaded.build()(jnp.asarray(ids), jnp.asarray(types), jnp.asarray(real)))
@@ -296,8 +296,8 @@ def test_cli_errors_are_one_line_with_exit_2(ours, tmp_path):
 
 
 def test_gpt2_classifier_has_no_hf_class(ours, tmp_path):
-  clm = checkpoint_model.load(str(ours('clm', 3)))
-  fake = checkpoint_model.LoadedCheckpoint(clm.model_cfg, clm.tokenizer, {}, clm.meta, clm.step_dir,
+  clm = model_load.load_checkpoint(str(ours('clm', 3)))
+  fake = model_load.LoadedCheckpoint(clm.model_cfg, clm.tokenizer, {}, clm.meta, clm.step_dir,
                                            {'task': 'sst2', 'num_labels': 2, 'labels': ['0', '1'],
                                             'is_regression': False, 'pooling': 'auto'})
   with pytest.raises(ConfigError, match=r"--checkpoint: a fine-tuned gpt2 model with pooling 'auto' has no"):

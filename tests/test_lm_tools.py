@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.checkpoint_fixtures import pretrain_checkpoint
-from pretrain.model import load as checkpoint_model
+from pretrain.model import load as model_load
 from tools import export_embeddings
 from tools import fill_mask
 from tools import generate
@@ -27,7 +27,7 @@ def clm(tmp_path_factory, fresh_cache):
   workdir = pretrain_checkpoint(tmp_path_factory.mktemp('clm'), 'clm', steps=30)
   hf_dir = tmp_path_factory.mktemp('hf') / 'clm'
   export(str(workdir), str(hf_dir))
-  return workdir, checkpoint_model.load(str(workdir)), hf_dir
+  return workdir, model_load.load_checkpoint(str(workdir)), hf_dir
 
 
 @pytest.fixture(scope='module')
@@ -36,7 +36,7 @@ def mlm(tmp_path_factory, fresh_cache):
   workdir = pretrain_checkpoint(tmp_path_factory.mktemp('mlm'), 'mlm', steps=10)
   hf_dir = tmp_path_factory.mktemp('hf') / 'mlm'
   export(str(workdir), str(hf_dir))
-  return workdir, checkpoint_model.load(str(workdir)), hf_dir
+  return workdir, model_load.load_checkpoint(str(workdir)), hf_dir
 
 
 @pytest.fixture(scope='module')

@@ -12,7 +12,7 @@ import transformers
 from configs import finetune_glue
 from finetune import train as finetune_train
 from tests.glue_fixtures import write_task
-from pretrain.model import load as checkpoint_model
+from pretrain.model import load as model_load
 from tools.convert_checkpoint import cli as convert_checkpoint
 from tools.convert_checkpoint import export as export_lib
 
@@ -29,7 +29,7 @@ def imported(tmp_path_factory):
 
 
 def test_minilm_hidden_states_match_transformers_bert_model(imported):
-  loaded = checkpoint_model.load(str(imported))
+  loaded = model_load.load_checkpoint(str(imported))
   assert loaded.meta['imported_from']['freshly_initialised'] == ['MLM head']  # a sentence-embedding model
   assert (loaded.model_cfg.num_layers, loaded.model_cfg.hidden_size, loaded.tokenizer.vocab_size) == (6, 384, 30522)
   reference_tokenizer = transformers.AutoTokenizer.from_pretrained(MINILM)
@@ -64,7 +64,7 @@ def test_finetuning_from_minilm_then_exporting_keeps_its_wordpiece_tokenizer(imp
   pair = ('the cat sat', 'a dog ran quietly')
   assert hf_tokenizer(*pair)['input_ids'] == reference_tokenizer(*pair)['input_ids']
   encoded = reference_tokenizer(*pair, return_tensors='np')
-  loaded = checkpoint_model.load(results['checkpoint'])
+  loaded = model_load.load_checkpoint(results['checkpoint'])
   ours = np.asarray(loaded.build()(jnp.asarray(encoded['input_ids']), jnp.asarray(encoded['token_type_ids']),
                                    jnp.asarray(encoded['attention_mask'])))
   with torch.no_grad():

@@ -177,13 +177,13 @@ def test_sentence_task_gradient_accumulation_equals_one_step_on_the_whole_batch(
 def test_export_as_bert_for_pretraining_matches_transformers(runs, tmp_path):
   torch = pytest.importorskip('torch')
   transformers = pytest.importorskip('transformers')
-  from pretrain.model import load as checkpoint_model
+  from pretrain.model import load as model_load
   from tools.convert_checkpoint import cli as convert_checkpoint  # pylint: disable=import-outside-toplevel
   workdir = runs('sop')
   assert convert_checkpoint.main(['to-hf', '--checkpoint', str(workdir), '--out', str(tmp_path / 'hf'),
                                   '--verify']) == 0
   reference = transformers.BertForPreTraining.from_pretrained(tmp_path / 'hf').eval()
-  loaded = checkpoint_model.load(str(workdir))
+  loaded = model_load.load_checkpoint(str(workdir))
   ids = np.random.default_rng(0).integers(5, loaded.tokenizer.vocab_size, (2, 24))
   types = np.tile((np.arange(24) >= 10).astype(np.int64), (2, 1))
   with torch.no_grad():
@@ -195,13 +195,13 @@ def test_export_as_bert_for_pretraining_matches_transformers(runs, tmp_path):
 
 
 def test_continued_pretraining_from_an_mlm_only_checkpoint_adds_a_fresh_sentence_head(tmp_path):
-  from pretrain.model import load as checkpoint_model  # pylint: disable=import-outside-toplevel
-  before = checkpoint_model.load(str(pretrain_checkpoint(tmp_path / 'mlm', 'mlm', steps=1)))
+  from pretrain.model import load as model_load  # pylint: disable=import-outside-toplevel
+  before = model_load.load_checkpoint(str(pretrain_checkpoint(tmp_path / 'mlm', 'mlm', steps=1)))
   config = _config('nsp', steps=1)
   config.init_checkpoint = str(tmp_path / 'mlm')
   config.train.warmup_steps, config.train.eval_batches = 1, 1
   train.run(config, str(tmp_path / 'nsp'))
-  after = checkpoint_model.load(str(tmp_path / 'nsp'))
+  after = model_load.load_checkpoint(str(tmp_path / 'nsp'))
   assert after.params['sentence_head']['kernel'].shape == (config.model.hidden_size, 2)
   # One step at learning rate 0 (the first warmup step): every pretrained weight is as it was.
   jax.tree.map(np.testing.assert_array_equal, before.params, {k: after.params[k] for k in before.params})

@@ -21,7 +21,7 @@ import numpy as np
 
 from pretrain.runtime.cli import ArgumentParser, tool_main
 from pretrain.runtime.errors import require
-from pretrain.model import load as checkpoint_model
+from pretrain.model import load as model_load
 
 
 def _escape(ch: str) -> str:
@@ -64,7 +64,7 @@ def write_word2vec(path: str | os.PathLike, names: Sequence[str], vectors_nd: np
 def export_embeddings(checkpoint: str, out: str) -> dict:
   """Writes `out`; returns {'rows', 'dim', 'path'}."""
   require(not pathlib.Path(out).is_dir(), f'--out: {out} is a directory; name the file to write')
-  loaded = checkpoint_model.load(checkpoint)
+  loaded = model_load.load_checkpoint(checkpoint)
   tok = loaded.tokenizer
   table_vd = np.asarray(loaded.params['encoder']['token_embed'], np.float32)
   require(tok.vocab_size <= table_vd.shape[0], f'--checkpoint: its tokenizer has {tok.vocab_size} tokens, more '

@@ -21,7 +21,8 @@ from flax import nnx
 
 from pretrain.runtime.cli import ArgumentParser, tool_main
 from pretrain.runtime.errors import require
-from pretrain.model import load as checkpoint_model
+from pretrain.model import load as model_load
+from pretrain.model import presets
 
 MASK_TEXT = '[MASK]'
 
@@ -30,11 +31,12 @@ def check_text(text: str) -> None:
   require(MASK_TEXT in text, f'text: no {MASK_TEXT} in {text!r}; mark the positions to fill with {MASK_TEXT}')
 
 
-def check_masked_lm(loaded: checkpoint_model.LoadedCheckpoint) -> None:
+def check_masked_lm(loaded: model_load.LoadedCheckpoint) -> None:
   require(loaded.classifier is None, f'--checkpoint: {loaded.step_dir} is a fine-tuned classifier; fill_mask '
           'needs a masked-LM (bert) pretraining checkpoint')
   require(not loaded.model_cfg.causal, f'--checkpoint: {loaded.step_dir} is a causal '
-          f'({loaded.model_cfg.variant}) model; fill_mask needs a masked-LM (bert) checkpoint; try tools.generate')
+          f'({presets.describe(loaded.model_cfg)}) model; fill_mask needs a masked-LM (bert) checkpoint; try '
+          'tools.generate')
 
 
 def token_ids(tokenizer, text: str) -> tuple[list[int], list[int]]:
@@ -56,7 +58,7 @@ def _top_k(graphdef, known, k, params, tokens_bt, positions_bk):
   return jax.lax.top_k(jax.nn.softmax(logits_bkv, axis=-1), k)
 
 
-def fill_mask(loaded: checkpoint_model.LoadedCheckpoint, text: str, top_k: int = 5
+def fill_mask(loaded: model_load.LoadedCheckpoint, text: str, top_k: int = 5
               ) -> list[list[tuple[int, str, float]]]:
   """For each [MASK] of text, in order: its top_k (id, piece, probability), most likely first."""
   require(top_k >= 1, f'--top_k: must be at least 1, got {top_k}')
@@ -87,7 +89,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> list[list[tuple[int, str, float]]]:
   require(args.top_k >= 1, f'--top_k: must be at least 1, got {args.top_k}')
   check_text(args.text)
-  loaded = checkpoint_model.load(args.checkpoint)
+  loaded = model_load.load_checkpoint(args.checkpoint)
   check_masked_lm(loaded)
   results = fill_mask(loaded, args.text, args.top_k)
   for n, rows in enumerate(results, 1):

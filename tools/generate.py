@@ -23,7 +23,8 @@ from flax import nnx
 
 from pretrain.runtime.cli import ArgumentParser, tool_main
 from pretrain.runtime.errors import require
-from pretrain.model import load as checkpoint_model
+from pretrain.model import load as model_load
+from pretrain.model import presets
 
 
 def check_settings(max_new_tokens: int, temperature: float, top_k: int, top_p: float) -> None:
@@ -33,10 +34,10 @@ def check_settings(max_new_tokens: int, temperature: float, top_k: int, top_p: f
   require(0 < top_p <= 1, f'--top_p: must be in (0, 1], got {top_p}')
 
 
-def check_causal(loaded: checkpoint_model.LoadedCheckpoint) -> None:
+def check_causal(loaded: model_load.LoadedCheckpoint) -> None:
   require(loaded.classifier is None, f"--checkpoint: {loaded.step_dir} is a fine-tuned classifier "
           f"(task {loaded.classifier and loaded.classifier['task']!r}); generate needs a causal language model")
-  require(loaded.model_cfg.causal, f'--checkpoint: {loaded.step_dir} is a {loaded.model_cfg.variant} '
+  require(loaded.model_cfg.causal, f'--checkpoint: {loaded.step_dir} is a {presets.describe(loaded.model_cfg)} '
           '(bidirectional) model; generate needs a causal (gpt2) checkpoint; try tools.fill_mask')
 
 
@@ -68,7 +69,7 @@ def step(graphdef, known, params, tokens_l, t, key, temperature, top_k, top_p):
   return tokens_l.at[t + 1].set(next_id), next_id
 
 
-def generate(loaded: checkpoint_model.LoadedCheckpoint, prompt_ids: list[int], max_new_tokens: int,
+def generate(loaded: model_load.LoadedCheckpoint, prompt_ids: list[int], max_new_tokens: int,
              temperature: float = 0., top_k: int = 0, top_p: float = 1., seed: int = 0,
              stop_id: int | None = None) -> list[int]:
   """The new ids after prompt_ids (ending with stop_id when it was produced). temperature 0 is greedy;
@@ -111,7 +112,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> str:
   check_settings(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
-  loaded = checkpoint_model.load(args.checkpoint)
+  loaded = model_load.load_checkpoint(args.checkpoint)
   check_causal(loaded)
   tok = loaded.tokenizer
   prompt_ids = ([] if args.no_bos else [tok.cls_id]) + tok.encode(args.prompt)

@@ -257,8 +257,8 @@ def reference_run(config: str, overrides: Sequence[str], workdir: pathlib.Path) 
 def run_soak(config: str, overrides: Sequence[str], root: pathlib.Path, kills: int, seed: int, say=print) -> Report:
   """The reference run in ROOT/reference, the killed one in ROOT/killed; raises SoakFailure on any mismatch."""
   loaded = load_config(config, overrides)
-  from pretrain.config_checks import validate  # pylint: disable=g-import-not-at-top
-  validate(loaded)
+  from pretrain.settings import PretrainSettings  # pylint: disable=g-import-not-at-top
+  PretrainSettings.from_config(loaded)
   require(kills >= 0, f'--kills: must be >= 0, got {kills}')
   steps = loaded.train.steps
   reference, killed = root / 'reference', root / 'killed'

@@ -3,13 +3,10 @@
   python -m tools.prepare_data --source 'text:/data/wiki/*.txt' --tokenizer wiki.model --seq_len 512 \\
       --out /data/wiki-512 [--eval_fraction 0.02] [--records_per_shard R] [--workers W]
 
-The source (any of pretrain/sources.py) is streamed in chunks through W tokenizer processes, in order, so
-memory stays bounded and the output is deterministic. The rows are bit for bit those the in-memory pipeline
-packs for the same source, tokenizer, seq_len, eval_fraction and max_doc_chars (`pretrain.data.pipeline.pack` of the
-`split_eval` train and eval documents). A corpus where the plain split rule holds out nothing (or everything)
-is read twice: the fallback needs the corpus' smallest and largest text hash. DIR is written to a temporary
-directory and renamed into place when complete; its layout and record format are in pretrain/prepared.py.
-prepared.json: format, version, source, seq_len, tokenizer ('tokenizer.model', a copy of --tokenizer),
+The source (any of pretrain/data/sources.py) is streamed in chunks through W tokenizer processes, in order, so
+memory stays bounded and the output is deterministic; the rows are bit for bit those the in-memory pipeline packs
+(pretrain/data/prepared_writer.py). DIR is written to a temporary directory and renamed into place when
+complete; its layout and record format are in pretrain/data/prepared.py. prepared.json: format, version, source, seq_len, tokenizer ('tokenizer.model', a copy of --tokenizer),
 vocab_size, token_dtype, eval_fraction, max_doc_chars, counts (documents, skipped ones by reason, split
 documents, rows and tokens, shards) and shards (file names per split). Exit status 2 on bad input.
 """
@@ -17,32 +14,17 @@ documents, rows and tokens, shards) and shards (file names per split). Exit stat
 from __future__ import annotations
 
 import argparse
-import collections
-import concurrent.futures
-import dataclasses
-import functools
-import json
-import multiprocessing
 import os
 import pathlib
-import shutil
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Sequence
 
-import numpy as np
-from array_record.python.array_record_module import ArrayRecordWriter
-
-from pretrain.data import pipeline as data
-from pretrain.data import prepared
 from pretrain.data import sources
+from pretrain.data.prepared_writer import SHARD_BYTES, WriteOptions, write_prepared
 from pretrain.runtime.cli import ArgumentParser, tool_main
 from pretrain.runtime.errors import require
-from pretrain.runtime.files import atomic_directory, check_output_dir
-from pretrain.data.tokenizer import Tokenizer
-
-_CHUNK_DOCS, _CHUNK_CHARS = 512, 1 << 20  # documents per task sent to a worker (at most)
-_SHARD_BYTES = 64 << 20  # default shard size (raw record bytes)
+from pretrain.runtime.files import check_output_dir
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -55,7 +37,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument('--eval_fraction', type=float, default=0.02, help='share of documents held out, by text hash')
   parser.add_argument('--max_doc_chars', type=int, default=100_000, help='longer documents are split')
   parser.add_argument('--records_per_shard', type=int, default=0,
-                      help=f'rows per shard file; 0: about {_SHARD_BYTES >> 20} MiB of rows per shard')
+                      help=f'rows per shard file; 0: about {SHARD_BYTES >> 20} MiB of rows per shard')
   parser.add_argument('--workers', type=int, default=os.cpu_count() or 1, help='tokenizer processes')
   parser.add_argument('--progress_every', type=float, default=10.0, help='seconds between progress lines')
   return parser.parse_args(argv)
@@ -68,184 +50,19 @@ def run(args: argparse.Namespace) -> dict:
   require(args.workers >= 1, f'--workers: must be >= 1, got {args.workers}')
   require(args.records_per_shard >= 0, f'--records_per_shard: must be >= 0, got {args.records_per_shard}')
   require(os.path.isfile(args.tokenizer), f"--tokenizer: no such file '{args.tokenizer}'")
-  tokenizer = Tokenizer.from_file(args.tokenizer)
   check_output_dir(args.out)
-  stats = sources.SourceStats()
-  docs = sources.read_documents(args.source, max_doc_chars=args.max_doc_chars, stats=stats, field='--source')
   started = time.perf_counter()
-  with atomic_directory(args.out) as tmp:
-    shutil.copyfile(args.tokenizer, tmp / 'tokenizer.model')
-    result = _write_pass(docs, stats, tokenizer, args, tmp, bounds=None)
-    if result.needs_bounds:
-      print(f'prepare_data: the split holds out {result.counts["eval_documents"]} of '
-            f'{result.counts["documents"]} documents; reading again with the fallback rule', flush=True)
-      for path in tmp.glob('*.array_record'):
-        path.unlink()
-      stats = sources.SourceStats()
-      docs = sources.read_documents(args.source, max_doc_chars=args.max_doc_chars, stats=stats, field='--source')
-      result = _write_pass(docs, stats, tokenizer, args, tmp, bounds=result.bounds)
-    manifest = {
-        'format': prepared.FORMAT, 'version': prepared.VERSION, 'source': args.source, 'seq_len': args.seq_len,
-        'tokenizer': 'tokenizer.model', 'vocab_size': tokenizer.vocab_size,
-        'token_dtype': prepared.token_dtype(tokenizer.vocab_size), 'eval_fraction': args.eval_fraction,
-        'max_doc_chars': args.max_doc_chars, 'counts': result.counts, 'shards': result.shards}
-    (tmp / prepared.MANIFEST).write_text(json.dumps(manifest, indent=2) + '\n', encoding='utf-8')
+  options = WriteOptions(args.source, args.tokenizer, args.seq_len, args.eval_fraction, args.max_doc_chars,
+                         args.records_per_shard, args.workers, args.progress_every)
+  manifest = write_prepared(options, args.out)
   size = sum(p.stat().st_size for p in pathlib.Path(args.out).iterdir())
-  c = result.counts
-  print(f'prepare_data: read {args.source}: ' + ' '.join(f'{k}={c[k]}' for k in stats.as_dict()), flush=True)
+  c = manifest['counts']
+  print(f'prepare_data: read {args.source}: ' + ' '.join(f'{k}={c[k]}' for k in sources.SourceStats().as_dict()),
+        flush=True)
   print(f'wrote {args.out}: {c["documents"]:,} documents -> {c["train_rows"]:,} train rows '
         f'({c["train_tokens"]:,} tokens, {c["train_shards"]} shards), {c["eval_rows"]:,} eval rows '
         f'({c["eval_tokens"]:,} tokens), {size / 2**20:.1f} MiB in {time.perf_counter() - started:.1f}s', flush=True)
   return manifest
-
-
-@dataclasses.dataclass
-class _PassResult:
-  counts: dict[str, int]
-  shards: dict[str, list[str]]
-  bounds: tuple[float, float]  # the corpus' smallest and largest text hash
-  needs_bounds: bool  # the plain split rule differs from split_eval's: a second pass with `bounds` is needed
-
-
-def _write_pass(docs: Iterator[str], stats: sources.SourceStats, tokenizer: Tokenizer, args: argparse.Namespace,
-                out: pathlib.Path, bounds: tuple[float, float] | None) -> _PassResult:
-  """One read of the source: split by text hash, tokenize in workers, pack, write the shards."""
-  record_bytes = args.seq_len * (np.dtype(prepared.token_dtype(tokenizer.vocab_size)).itemsize + 1)
-  per_shard = args.records_per_shard or max(1, _SHARD_BYTES // record_bytes)
-  writers = {split: _SplitWriter(out, split, args.seq_len, tokenizer, per_shard) for split in prepared.SPLITS}
-  encode = functools.partial(_encode_chunk, eval_fraction=args.eval_fraction, bounds=bounds)
-  progress = _Progress(args.progress_every)
-  u_min, u_max = np.inf, -np.inf
-  for u, streams in _ordered_map(encode, _chunks(docs), args.workers, tokenizer.to_bytes()):
-    u_min, u_max = min(u_min, u.min()), max(u_max, u.max())
-    for split, (tokens, kind, count) in zip(prepared.SPLITS, streams):
-      writers[split].add(tokens, kind, count)
-    progress.update(len(u), sum(len(s[0]) for s in streams), writers)
-  counts = stats.as_dict()  # read_documents raised if nothing was left
-  shards = {split: writer.close() for split, writer in writers.items()}
-  progress.update(0, 0, writers, final=True)
-  for split, writer in writers.items():
-    counts.update({f'{split}_documents': writer.documents, f'{split}_rows': writer.rows,
-                   f'{split}_tokens': writer.tokens, f'{split}_shards': len(shards[split])})
-  f = args.eval_fraction
-  needs_bounds = bounds is None and ((f > 0 and u_min >= f) or u_max < f)
-  return _PassResult(counts, shards, (float(u_min), float(u_max)), needs_bounds)
-
-
-_worker_tokenizer: Tokenizer | None = None
-
-
-def _init_worker(tokenizer_bytes: bytes) -> None:
-  global _worker_tokenizer
-  _worker_tokenizer = Tokenizer.from_bytes(tokenizer_bytes)
-
-
-def _encode_chunk(texts: list[str], eval_fraction: float, bounds: tuple[float, float] | None):
-  """Text hashes [n] and, per split, the chunk's token stream (packed-row dtype), kinds and document count."""
-  u = np.array([data.text_hash(t) for t in texts], np.float64)
-  held = data.held_out(u, eval_fraction, *(bounds or ()))
-  dtype = prepared.token_dtype(_worker_tokenizer.vocab_size)
-  streams = []
-  for mask in (~held, held):
-    split_texts = [t for t, keep in zip(texts, mask) if keep]
-    tokens, kind = data.encode_documents(split_texts, _worker_tokenizer, num_threads=1)
-    streams.append((tokens.astype(dtype), kind, len(split_texts)))
-  return u, streams
-
-
-def _ordered_map(fn: Callable, items: Iterable, workers: int, tokenizer_bytes: bytes) -> Iterator:
-  """fn over items in `workers` processes, results in order, at most 2 * workers tasks in flight."""
-  if workers == 1:
-    _init_worker(tokenizer_bytes)
-    yield from map(fn, items)
-    return
-  # spawn: the parent may have started threads (jax, grain) that fork would copy half-way
-  pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context('spawn'),
-                                                initializer=_init_worker, initargs=(tokenizer_bytes,))
-  try:
-    pending = collections.deque()
-    for item in items:
-      pending.append(pool.submit(fn, item))
-      if len(pending) >= 2 * workers:
-        yield pending.popleft().result()
-    while pending:
-      yield pending.popleft().result()
-  finally:
-    pool.shutdown(cancel_futures=True)
-
-
-def _chunks(docs: Iterable[str]) -> Iterator[list[str]]:
-  chunk, chars = [], 0
-  for doc in docs:
-    chunk.append(doc)
-    chars += len(doc)
-    if len(chunk) >= _CHUNK_DOCS or chars >= _CHUNK_CHARS:
-      yield chunk
-      chunk, chars = [], 0
-  if chunk:
-    yield chunk
-
-
-class _SplitWriter:
-  """One split's token stream -> rows of seq_len (the last one padded, as `pack`) -> numbered shard files."""
-
-  def __init__(self, out: pathlib.Path, split: str, seq_len: int, tokenizer: Tokenizer, records_per_shard: int):
-    self._out, self._split, self._seq_len, self._per_shard = out, split, seq_len, records_per_shard
-    self._pad_id, self._dtype = tokenizer.pad_id, prepared.token_dtype(tokenizer.vocab_size)
-    self._carry = (np.zeros(0, self._dtype), np.zeros(0, np.int8))  # tokens after the last full row
-    self._paths: list[pathlib.Path] = []
-    self._writer = None
-    self.documents = self.rows = self.tokens = 0
-
-  def add(self, tokens: np.ndarray, kind: np.ndarray, documents: int) -> None:
-    tokens, kind = np.concatenate([self._carry[0], tokens]), np.concatenate([self._carry[1], kind])
-    full = len(tokens) - len(tokens) % self._seq_len
-    self._write(tokens[:full], kind[:full])
-    self._carry = tokens[full:], kind[full:]
-    self.documents += documents
-
-  def close(self) -> list[str]:
-    """Writes the padded last row, closes the shards and names them -NNNNN-of-MMMMM; returns the names."""
-    self._write(*self._carry)
-    if self._writer is not None:
-      self._writer.close()
-    names = [prepared.shard_name(self._split, i, len(self._paths)) for i in range(len(self._paths))]
-    for path, name in zip(self._paths, names):
-      path.rename(self._out / name)
-    return names
-
-  def _write(self, tokens: np.ndarray, kind: np.ndarray) -> None:
-    rows = data.cut_rows(tokens, kind, self._seq_len, self._pad_id)
-    for record in prepared.encode_records(rows.tokens, rows.kind, self._dtype):
-      if self._writer is None or self.rows % self._per_shard == 0:
-        if self._writer is not None:
-          self._writer.close()
-        self._paths.append(self._out / f'{self._split}-{len(self._paths):05d}.partial')
-        self._writer = ArrayRecordWriter(str(self._paths[-1]), prepared.WRITER_OPTIONS)
-      self._writer.write(record)
-      self.rows += 1
-    self.tokens += len(tokens)
-
-
-class _Progress:
-  """Prints documents, tokens/s and rows written every `every` seconds."""
-
-  def __init__(self, every: float):
-    self._every, self._started = every, time.perf_counter()
-    self._last = self._started
-    self.documents = self.tokens = 0
-
-  def update(self, documents: int, tokens: int, writers: dict[str, _SplitWriter], final: bool = False) -> None:
-    self.documents += documents
-    self.tokens += tokens
-    now = time.perf_counter()
-    if not final and now - self._last < self._every:
-      return
-    self._last = now
-    elapsed = max(now - self._started, 1e-9)
-    rows = ', '.join(f'{w.rows:,} {split}' for split, w in writers.items())
-    print(f'prepare_data: {self.documents:,} documents ({self.documents / elapsed:,.0f}/s), {self.tokens:,} tokens '
-          f'({self.tokens / elapsed:,.0f}/s), rows written: {rows}, {elapsed:.0f}s', flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,20 +1,17 @@
-"""Config -> documents -> tokenizer -> packed rows -> grain batches, resumable and sliced per process.
+"""DataSettings -> documents -> tokenizer -> packed rows -> grain batches, resumable and sliced per process.
 
-Split: a document is held out for eval when blake2b(text) / 2**64 < data.eval_fraction (duplicates of a
-text always land on the same side); at least one distinct text is held out when eval_fraction > 0, and
-at least one is kept for training.
-Packing: each document becomes [cls] + ids + [sep]; the train (and eval) documents are concatenated in
-corpus order and cut into rows of seq_len. A document cut at a row end continues in the next row as a new
-segment whose positions restart at 0. Only the last row of each split is padded (pad_id, segment 0).
-Train order: grain MapDataset over row indices, shuffled with config.seed and reshuffled every epoch,
+Split (pretrain/data/split.py): a document is held out for eval when blake2b(text) / 2**64 < data.eval_fraction.
+Packing (pretrain/data/packing.py): each document becomes [cls] + ids + [sep]; the train (and eval) documents
+are concatenated in corpus order and cut into rows of seq_len.
+Train order: grain MapDataset over row indices, shuffled with the seed and reshuffled every epoch,
 repeated forever, batched to the GLOBAL batch; process p keeps rows [p*local, (p+1)*local) of each batch,
 so a step's data does not depend on the process count. Iterator state is {'step': n} for any num_workers.
 Eval: held-out rows in fixed order; the last incomplete batch is padded with all-padding rows
 (segment_ids 0), so loss weights must come from segment_ids > 0.
-Row stores: batches read rows by index through `Rows` (`__len__`, `read(ids)`): PackedRows in memory, or
-ArrayRecord shards written once by `python -m tools.prepare_data` (source `prepared:DIR`, pretrain/prepared.py),
-where each process reads only its own rows. Both give the same batches for the same corpus and config.
-Sentence pairs (mlm.sentence_task nsp or sop): rows are sentence_pairs.PairRows instead, one
+Row stores: batches read rows by index through packing.Rows (`__len__`, `batch(ids)`): PackedRows in memory, or
+ArrayRecord shards written once by `python -m tools.prepare_data` (source `prepared:DIR`,
+pretrain/data/prepared.py), where each process reads only its own rows. Both give the same batches for the same
+corpus and settings. Sentence pairs (mlm.sentence_task nsp or sop): rows are sentence_pairs.PairRows instead, one
 [CLS] A [SEP] B [SEP] per row, whose batches add token_types and sentence_labels (in-memory sources only).
 """
 
@@ -22,26 +19,23 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import itertools
 import logging
 import os
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from absl import flags
 import grain
 import numpy as np
 
-from pretrain.data import prepared
-from pretrain.data import sentence_pairs
-from pretrain.data import sources
-from pretrain.runtime.errors import ConfigError, require
-from pretrain.data.tokenizer import TRAINER_VERSION, Tokenizer, text_batches, train_sentencepiece
+from pretrain.data import prepared, sentence_pairs, sources
+from pretrain.data.packing import Rows, pack
+from pretrain.data.settings import DataSettings
+from pretrain.data.split import split_eval
+from pretrain.data.tokenizer import TRAINER_VERSION, Tokenizer, train_sentencepiece
+from pretrain.runtime.errors import require
 
 log = logging.getLogger(__name__)
-_ENCODE_CHUNK = 1024  # documents encoded per call (at most; see text_batches)
-# Per-token kind in packed rows: document start, continuation, padding.
-_START, _CONT, _PAD = 1, 0, -1
 
 
 @dataclasses.dataclass
@@ -55,8 +49,8 @@ class DataPipeline:
   process_count: int
   seed: int
   num_workers: int
-  train_rows: 'Rows'
-  eval_rows: 'Rows'
+  train_rows: Rows
+  eval_rows: Rows
 
   @property
   def local_batch(self) -> int:
@@ -128,34 +122,6 @@ class _TrainIterator(grain.DatasetIterator):
     super().close()
 
 
-class Rows(Protocol):
-  """Packed rows read by index: PackedRows (in memory) or prepared.ArrayRecordRows (shards on disk)."""
-  pad_id: int
-  seq_len: int
-
-  def __len__(self) -> int: ...
-
-  def read(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """tokens [len(ids), seq_len] and int8 kinds (_START, _CONT or _PAD) of rows `ids`."""
-
-
-@dataclasses.dataclass
-class PackedRows:
-  tokens: np.ndarray  # [rows, seq_len] int32
-  kind: np.ndarray  # [rows, seq_len] int8: _START, _CONT or _PAD
-  pad_id: int
-
-  @property
-  def seq_len(self) -> int:
-    return self.tokens.shape[1]
-
-  def __len__(self) -> int:
-    return len(self.tokens)
-
-  def read(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return self.tokens[ids], self.kind[ids]
-
-
 @dataclasses.dataclass
 class _LocalBatch:
   """Global batch of row indices -> this process's slice as model features (picklable for workers)."""
@@ -164,131 +130,49 @@ class _LocalBatch:
   size: int
 
   def __call__(self, row_ids: np.ndarray) -> dict[str, np.ndarray]:
-    ids = np.asarray(row_ids)[self.start:self.start + self.size]
-    if isinstance(self.rows, sentence_pairs.PairRows):  # one sentence pair per row, with token types and a label
-      return self.rows.batch(ids)
-    real = ids < len(self.rows)  # ids past the end are padding rows (eval only)
-    tokens = np.full((len(ids), self.rows.seq_len), self.rows.pad_id, np.int32)
-    kind = np.full(tokens.shape, _PAD, np.int8)
-    tokens[real], kind[real] = self.rows.read(ids[real])
-    return features(tokens, kind)
+    return self.rows.batch(np.asarray(row_ids)[self.start:self.start + self.size])
 
 
-def features(tokens_bl: np.ndarray, kind_bl: np.ndarray) -> dict[str, np.ndarray]:
-  """tokens/segment_ids/positions [batch, length]: segments start at documents and at column 0."""
-  valid = kind_bl != _PAD
-  col = np.arange(tokens_bl.shape[1])
-  start = valid & ((kind_bl == _START) | (col == 0))
-  segment_ids = np.cumsum(start, axis=1) * valid
-  last_start = np.maximum.accumulate(np.where(start, col, 0), axis=1)
-  positions = (col - last_start) * valid
-  return {'tokens': tokens_bl.astype(np.int32), 'segment_ids': segment_ids.astype(np.int32),
-          'positions': positions.astype(np.int32)}
+def build_data(data: DataSettings, *, batch_size: int, vocab_size: int, seed: int, sentence_task: str = 'none',
+               process_index: int = 0, process_count: int = 1, tokenizer: Tokenizer | None = None) -> DataPipeline:
+  """Reads, splits, tokenizes and packs `data.source` (or opens a prepared one); see the module docstring.
 
-
-def pack(docs: Sequence[str], tokenizer: Tokenizer, seq_len: int) -> PackedRows:
-  """Encodes docs as [cls] + ids + [sep], concatenates them and cuts rows; the last row is padded."""
-  return cut_rows(*encode_documents(docs, tokenizer), seq_len, tokenizer.pad_id)
-
-
-def encode_documents(docs: Sequence[str], tokenizer: Tokenizer,
-                     num_threads: int = -1) -> tuple[np.ndarray, np.ndarray]:
-  """[cls] + ids + [sep] of each document, concatenated: int32 tokens and int8 kinds (_START, _CONT)."""
-  tokens, kinds = [np.zeros(0, np.int32)], [np.zeros(0, np.int8)]
-  cls, sep = [tokenizer.cls_id], [tokenizer.sep_id]
-  for batch in text_batches(docs, _ENCODE_CHUNK):
-    ids = tokenizer.encode_batch(batch, num_threads=num_threads)
-    lengths = np.array([len(x) + 2 for x in ids], np.int64)
-    tokens.append(np.fromiter(itertools.chain.from_iterable(cls + x + sep for x in ids), np.int32,
-                              count=int(lengths.sum())))
-    kinds.append(np.full(len(tokens[-1]), _CONT, np.int8))
-    kinds[-1][np.cumsum(lengths) - lengths] = _START
-  return np.concatenate(tokens), np.concatenate(kinds)
-
-
-def cut_rows(flat: np.ndarray, flat_kind: np.ndarray, seq_len: int, pad_id: int) -> PackedRows:
-  """Rows of seq_len cut from a token stream; the last one padded (pad_id, _PAD)."""
-  pad = -len(flat) % seq_len
-  flat = np.concatenate([flat, np.full(pad, pad_id, flat.dtype)])
-  flat_kind = np.concatenate([flat_kind, np.full(pad, _PAD, np.int8)])
-  return PackedRows(flat.reshape(-1, seq_len), flat_kind.reshape(-1, seq_len), pad_id)
-
-
-def split_eval(docs: Sequence[str], eval_fraction: float) -> np.ndarray:
-  """Boolean [docs] mask of held-out documents, a deterministic function of each text."""
-  u = np.array([text_hash(d) for d in docs], np.float64)
-  if not len(u):
-    return np.zeros(0, bool)
-  return held_out(u, eval_fraction, u.min(), u.max())
-
-
-def text_hash(doc: str) -> float:
-  """blake2b of the text as a number in [0, 1): the eval split holds out small ones."""
-  digest = hashlib.blake2b(doc.encode('utf-8', 'surrogatepass'), digest_size=8).digest()
-  return int.from_bytes(digest, 'big') / 2.0**64
-
-
-def held_out(u: np.ndarray, eval_fraction: float, u_min: float = 0.0, u_max: float = 1.0) -> np.ndarray:
-  """Held-out mask of hashes `u` given the corpus' smallest and largest hash: u < eval_fraction, but when
-  eval_fraction > 0 at least one distinct text is held out, and at least one is kept for training.
-  The defaults give the plain rule, which a one-pass reader uses before it knows the corpus' bounds."""
-  if eval_fraction > 0 and u_min >= eval_fraction:  # nothing below: hold out the smallest (unless all are)
-    return (u == u_min) & (u < u_max)
-  if u_max < eval_fraction:  # everything below: keep the largest for training
-    return u < u_max
-  return u < eval_fraction
-
-
-def build_data(config: Any, *, process_index: int = 0, process_count: int = 1,
-               tokenizer: Tokenizer | None = None) -> DataPipeline:
-  """Reads, splits, tokenizes and packs `config.data.source` (or opens a prepared one); see the module docstring."""
-  source = str(_get(config, 'data.source'))
-  seq_len = int(_get(config, 'data.seq_len'))
-  eval_fraction = float(_get(config, 'data.eval_fraction'))
-  max_doc_chars = int(_get(config, 'data.max_doc_chars'))
-  num_workers = int(_get(config, 'data.num_workers'))
-  vocab_size = int(_get(config, 'model.vocab_size'))
-  batch = int(_get(config, 'train.batch_size'))
-  tokenizer_path = str(_get(config, 'data.tokenizer') or '')
-  require(seq_len >= 2, f'data.seq_len: must be >= 2, got {seq_len}')
-  require(0 <= eval_fraction < 1, f'data.eval_fraction: must be in [0, 1), got {eval_fraction}')
-  require(max_doc_chars >= 1, f'data.max_doc_chars: must be >= 1, got {max_doc_chars}')
-  require(num_workers >= 0, f'data.num_workers: must be >= 0, got {num_workers}')
+  batch_size: the global batch (train.batch_size); vocab_size: the model's (a tokenizer trained here gets it);
+  sentence_task: mlm.sentence_task ('nsp' or 'sop': sentence-pair rows). tokenizer: a checkpoint's, else
+  data.tokenizer, else one trained on the train split.
+  """
+  source, seq_len, tokenizer_path = data.source, data.seq_len, data.tokenizer
   require(vocab_size >= 1, f'model.vocab_size: must be >= 1, got {vocab_size}')
-  require(batch >= 1, f'train.batch_size: must be >= 1, got {batch}')
+  require(batch_size >= 1, f'train.batch_size: must be >= 1, got {batch_size}')
   require(0 <= process_index < process_count, f'process_index {process_index} not in [0, {process_count})')
-  require(batch % process_count == 0,
-          f'train.batch_size: {batch} is not divisible by the process count {process_count}')
-  sentence_task = _sentence_task(config)
-  require(sentence_task == 'none' or not source.startswith(prepared.SCHEME),
+  require(batch_size % process_count == 0,
+          f'train.batch_size: {batch_size} is not divisible by the process count {process_count}')
+  require(sentence_task == 'none' or not data.prepared,
           f"mlm.sentence_task: '{sentence_task}' builds sentence pairs from documents, but '{source}' holds packed "
           'rows; use the source it was prepared from')
-  if source.startswith(prepared.SCHEME):  # tokenized and packed once by `python -m tools.prepare_data`
+  if data.prepared:  # tokenized and packed once by `python -m tools.prepare_data`
     corpus = prepared.open_prepared(source, seq_len=seq_len, tokenizer=tokenizer, tokenizer_path=tokenizer_path,
-                                    eval_fraction=eval_fraction, max_doc_chars=max_doc_chars)
+                                    eval_fraction=data.eval_fraction, max_doc_chars=data.max_doc_chars)
     _check_vocab_size(corpus.tokenizer, corpus.tokenizer_path, vocab_size)
     tokenizer, counts, train_rows, eval_rows = corpus.tokenizer, corpus.counts, corpus.train_rows, corpus.eval_rows
   else:
     tokenizer, counts, train_rows, eval_rows = _read_and_pack(
-        source, seq_len=seq_len, eval_fraction=eval_fraction, max_doc_chars=max_doc_chars, vocab_size=vocab_size,
-        seed=int(_get(config, 'seed')), tokenizer=tokenizer, tokenizer_path=tokenizer_path,
-        sentence_task=sentence_task)
-  require(len(train_rows) >= batch,
-          f'train.batch_size: {batch} exceeds the {len(train_rows)} training rows of data.seq_len '
+        data, vocab_size=vocab_size, seed=seed, tokenizer=tokenizer, sentence_task=sentence_task)
+  require(len(train_rows) >= batch_size,
+          f'train.batch_size: {batch_size} exceeds the {len(train_rows)} training rows of data.seq_len '
           f"{seq_len} that data.source '{source}' gives; lower the batch or add text")
 
   stats = dict(counts, vocab_size=tokenizer.vocab_size)
   log.info('data %s: %s', source, ' '.join(f'{k}={v}' for k, v in stats.items()))
-  return DataPipeline(tokenizer=tokenizer, stats=stats, seq_len=seq_len, global_batch=batch,
-                      process_index=process_index, process_count=process_count,
-                      seed=int(_get(config, 'seed')) % 2**32, num_workers=num_workers,
-                      train_rows=train_rows, eval_rows=eval_rows)
+  return DataPipeline(tokenizer=tokenizer, stats=stats, seq_len=seq_len, global_batch=batch_size,
+                      process_index=process_index, process_count=process_count, seed=seed % 2**32,
+                      num_workers=data.num_workers, train_rows=train_rows, eval_rows=eval_rows)
 
 
-def _read_and_pack(source: str, *, seq_len: int, eval_fraction: float, max_doc_chars: int, vocab_size: int,
-                   seed: int, tokenizer: Tokenizer | None, tokenizer_path: str, sentence_task: str = 'none'
-                   ) -> tuple[Tokenizer, dict[str, int], Rows, Rows]:
+def _read_and_pack(data: DataSettings, *, vocab_size: int, seed: int, tokenizer: Tokenizer | None,
+                   sentence_task: str) -> tuple[Tokenizer, dict[str, int], Rows, Rows]:
   """The in-memory row store: the whole corpus read, split, tokenized and packed (or paired) here."""
+  source, seq_len, tokenizer_path = data.source, data.seq_len, data.tokenizer
   if tokenizer is None and tokenizer_path:
     require(os.path.isfile(tokenizer_path), f"data.tokenizer: no such file '{tokenizer_path}'")
     tokenizer = Tokenizer.from_file(tokenizer_path)
@@ -296,34 +180,22 @@ def _read_and_pack(source: str, *, seq_len: int, eval_fraction: float, max_doc_c
     _check_vocab_size(tokenizer, tokenizer_path or 'checkpoint tokenizer', vocab_size)
 
   source_stats = sources.SourceStats()
-  docs = list(sources.read_documents(source, max_doc_chars=max_doc_chars, stats=source_stats))
+  docs = list(sources.read_documents(source, max_doc_chars=data.max_doc_chars, stats=source_stats))
   counts = source_stats.as_dict()
-  held = split_eval(docs, eval_fraction)
+  held = split_eval(docs, data.eval_fraction)
   train_docs = [d for d, h in zip(docs, held) if not h]
   eval_docs = [d for d, h in zip(docs, held) if h]
   if tokenizer is None:
     tokenizer = _cached_tokenizer(train_docs, vocab_size, seed)
   if sentence_task == 'none':
     train_rows, eval_rows = pack(train_docs, tokenizer, seq_len), pack(eval_docs, tokenizer, seq_len)
-  else:  # one BERT sentence pair per row (pretrain/sentence_pairs.py)
+  else:  # one BERT sentence pair per row (pretrain/data/sentence_pairs.py)
     train_rows, eval_rows = (sentence_pairs.pair_rows(split_docs, tokenizer, seq_len, sentence_task, seed, split)
                              for split_docs, split in ((train_docs, 'train'), (eval_docs, 'eval')))
   counts.update(train_documents=len(train_docs), eval_documents=len(eval_docs),
                 train_rows=len(train_rows), eval_rows=len(eval_rows),
-                train_tokens=_num_tokens(train_rows), eval_tokens=_num_tokens(eval_rows))
+                train_tokens=train_rows.num_tokens, eval_tokens=eval_rows.num_tokens)
   return tokenizer, counts, train_rows, eval_rows
-
-
-def _num_tokens(rows: Rows) -> int:
-  return rows.num_tokens if isinstance(rows, sentence_pairs.PairRows) else int((rows.kind != _PAD).sum())
-
-
-def _sentence_task(config: Any) -> str:
-  """mlm.sentence_task; 'none' for configs without one (data-only configs)."""
-  try:
-    return str(_get(config, 'mlm.sentence_task'))
-  except ConfigError:
-    return 'none'
 
 
 def _check_vocab_size(tokenizer: Tokenizer, name: str, vocab_size: int) -> None:
@@ -343,13 +215,3 @@ def _cached_tokenizer(train_docs: Sequence[str], vocab_size: int, seed: int) -> 
     return Tokenizer.from_file(path)
   log.info('tokenizer: training vocab %d on %d documents -> %s', vocab_size, len(train_docs), path)
   return train_sentencepiece(train_docs, vocab_size, path, seed=seed)
-
-
-def _get(config: Any, dotted: str) -> Any:
-  node = config
-  for part in dotted.split('.'):
-    try:
-      node = node[part] if isinstance(node, dict) else getattr(node, part)
-    except (AttributeError, KeyError):
-      raise ConfigError(f'{dotted}: missing from the config') from None
-  return node

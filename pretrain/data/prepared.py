@@ -1,16 +1,17 @@
-"""The on-disk row store of `prepared:DIR`: a corpus tokenized and packed once by `python -m tools.prepare_data`.
+"""The on-disk row store of `prepared:DIR`: a corpus tokenized and packed once (pretrain/data/prepared_writer.py, run
+by `python -m tools.prepare_data`), and read here.
 
 DIR holds
   train-00000-of-00012.array_record ...   packed train rows, in corpus order across the shards
   eval-00000-of-00001.array_record ...    held-out rows (no eval shards when nothing is held out)
   tokenizer.model                         the SentencePiece model the rows were encoded with
   prepared.json                           format, version, source, seq_len, vocab_size, token_dtype,
-                                          eval_fraction, max_doc_chars, counts, shards (see tools/prepare_data.py)
+                                          eval_fraction, max_doc_chars, counts, shards
 Record layout: one ArrayRecord record per row of seq_len tokens, raw little-endian bytes: the seq_len tokens as
 `token_dtype` (uint16 when the vocabulary has at most 65536 pieces, else int32), then seq_len int8 kinds (1
 document start, 0 continuation, -1 padding): 3 * seq_len bytes per row with uint16. Files are written with
 group_size:1 (each record its own zstd chunk), so any row is read without its neighbours.
-The rows are bit for bit those `pretrain.data.pipeline.pack` makes of the same source, split, tokenizer and seq_len.
+The rows are bit for bit those `pretrain.data.packing.pack` makes of the same source, split, tokenizer and seq_len.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from typing import Any
 import grain
 import numpy as np
 
-from pretrain.runtime.errors import ConfigError, first_line, require
+from pretrain.data.packing import KindRows
 from pretrain.data.tokenizer import Tokenizer
+from pretrain.runtime.errors import ConfigError, first_line, require
 
 log = logging.getLogger(__name__)
 SCHEME = 'prepared:'
@@ -55,7 +57,7 @@ def encode_records(tokens_rl: np.ndarray, kind_rl: np.ndarray, dtype: str) -> li
 
 
 @dataclasses.dataclass
-class ArrayRecordRows:
+class ArrayRecordRows(KindRows):
   """Rows of ArrayRecord shards, read by global index (picklable: grain workers reopen the files)."""
   paths: list[str]
   seq_len: int

@@ -1,28 +1,46 @@
-"""Pretraining heads on top of the Transformer, both tied to the input embedding.
+"""The models built on the Transformer: the pretraining LanguageModel and the fine-tuning Classifier.
 
-bert: MLM head = dense + erf GELU + LayerNorm, then the tied decoder plus an output bias (BertForMaskedLM).
-gpt2: LM head = the tied decoder, no bias (GPT2LMHeadModel).
-With cfg.sentence_head (mlm.sentence_task nsp or sop), bert also has a 2-way sentence head on the pooled [CLS]
-(BertForPreTraining's cls.seq_relationship).
+LanguageModel: hidden states -> logits over the vocabulary. With model.head_transform the hidden state first
+passes dense + activation + norm (bert's MLM head); the output layer is the token embedding itself
+(model.tie_embeddings) or its own matrix (`lm_head`); model.head_bias adds a bias. bert: BertForMaskedLM's head;
+gpt2: GPT2LMHeadModel's (tied, no bias). With model.sentence_head (mlm.sentence_task nsp or sop) a 2-way head on
+the pooled first token (BertForPreTraining's cls.seq_relationship).
+
+Classifier: a fresh classification (or regression) head on a pooled hidden state. pooling 'auto': the pooler
+when the model has one (BertForSequenceClassification), else the last real token for a causal model
+(GPT2ForSequenceClassification), else the mean of the real tokens; 'mean': the mean of the real tokens' hidden
+states. Its parameter tree is {'encoder': <the pretraining encoder's tree>, 'head': ...}, so the encoder restores
+from a pretraining checkpoint by name.
 """
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pretrain.model.layers import Dense, LayerNorm, param
 from pretrain.model.config import ModelConfig
+from pretrain.model.layers import ACTIVATIONS, Dense, dropout, norm, param
 from pretrain.model.transformer import Transformer
+from pretrain.runtime.sharding import constrain
+
+POOLINGS = ('auto', 'mean')
 
 
 class MlmHead(nnx.Module):
-  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-    self.transform = Dense((cfg.hidden_size,), (cfg.hidden_size,), ('embed', 'embed_out'), cfg, rngs)
-    self.norm = LayerNorm(cfg, rngs)
-    self.bias = param(rngs, jax.nn.initializers.zeros, (cfg.vocab_size,), ('vocab',))
+  """What bert puts between the last block and the output layer (transform), and the logits' bias."""
 
-  def __call__(self, hidden_btd: jax.Array, encoder: Transformer) -> jax.Array:
-    h_btd = self.norm(jax.nn.gelu(self.transform(hidden_btd), approximate=False))
-    return encoder.attend(h_btd) + self.bias[...].astype(h_btd.dtype)
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.activation = ACTIVATIONS[cfg.mlp]
+    self.transform = (Dense((cfg.hidden_size,), (cfg.hidden_size,), ('embed', 'embed_out'), cfg, rngs)
+                      if cfg.head_transform else None)
+    self.norm = norm(cfg, rngs) if cfg.head_transform else None
+    self.bias = param(rngs, jax.nn.initializers.zeros, (cfg.vocab_size,), ('vocab',)) if cfg.head_bias else None
+
+  def before_output(self, hidden_btd: jax.Array) -> jax.Array:
+    if self.transform is None:
+      return hidden_btd
+    return self.norm(self.activation(self.transform(hidden_btd)))
+
+  def after_output(self, logits_btv: jax.Array) -> jax.Array:
+    return logits_btv if self.bias is None else logits_btv + self.bias[...].astype(logits_btv.dtype)
 
 
 class LanguageModel(nnx.Module):
@@ -31,7 +49,9 @@ class LanguageModel(nnx.Module):
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     self.cfg = cfg
     self.encoder = Transformer(cfg, rngs)
-    self.mlm_head = MlmHead(cfg, rngs) if cfg.variant == 'bert' else None
+    self.mlm_head = MlmHead(cfg, rngs) if cfg.head_transform or cfg.head_bias else None
+    self.lm_head = (None if cfg.tie_embeddings else
+                    Dense((cfg.hidden_size,), (cfg.vocab_size,), ('embed', 'vocab'), cfg, rngs, use_bias=False))
     # Built last, so the other parameters initialise as without it.
     self.sentence_head = (Dense((cfg.hidden_size,), (2,), ('embed', 'classes'), cfg, rngs)
                           if cfg.sentence_head else None)
@@ -52,8 +72,51 @@ class LanguageModel(nnx.Module):
       sentence_logits_bc = self.sentence_head(self.encoder.pool(hidden_btd)).astype(jnp.float32)
     if predict_positions is not None:
       hidden_btd = jnp.take_along_axis(hidden_btd, predict_positions[..., None], axis=1)
+    return self.logits(hidden_btd).astype(jnp.float32), sentence_logits_bc
+
+  def logits(self, hidden_btd: jax.Array) -> jax.Array:
+    """The output head on hidden states [batch, length, hidden] -> [batch, length, vocab] (compute dtype)."""
     if self.mlm_head is not None:
-      logits_btv = self.mlm_head(hidden_btd, self.encoder)
-    else:
+      hidden_btd = self.mlm_head.before_output(hidden_btd)
+    if self.lm_head is None:
       logits_btv = self.encoder.attend(hidden_btd)
-    return logits_btv.astype(jnp.float32), sentence_logits_bc
+    else:
+      logits_btv = constrain(self.lm_head(hidden_btd), ('batch', 'length', 'act_vocab'))
+    return logits_btv if self.mlm_head is None else self.mlm_head.after_output(logits_btv)
+
+
+def resolve_pooling(cfg: ModelConfig, pooling: str) -> str:
+  """'auto' -> 'pooler' (the model has one), 'last' (causal: the last real token) or 'mean'; else pooling."""
+  if pooling != 'auto':
+    return pooling
+  return 'pooler' if cfg.pooler else 'last' if cfg.causal else 'mean'
+
+
+class Classifier(nnx.Module):
+  """The pretrained Transformer plus a fresh head on its pooled output -> float32 [batch, num_outputs]."""
+
+  def __init__(self, cfg: ModelConfig, num_outputs: int, rngs: nnx.Rngs, pooling: str = 'auto'):
+    self.cfg = cfg
+    self.pooling = resolve_pooling(cfg, pooling)
+    self.encoder = Transformer(cfg, rngs)
+    self.head = Dense((cfg.hidden_size,), (num_outputs,), ('embed', 'classes'), cfg, rngs, use_bias=True)
+
+  def __call__(self, tokens_bt: jax.Array, token_type_ids: jax.Array, segment_ids: jax.Array,
+               dropout_key: jax.Array | None = None) -> jax.Array:
+    """segment_ids: 1 for real tokens, 0 for padding."""
+    encoder_key, head_key = jax.random.split(dropout_key) if dropout_key is not None else (None, None)
+    hidden_btd = self.encoder(tokens_bt, segment_ids=segment_ids, token_type_ids=token_type_ids,
+                              dropout_key=encoder_key)
+    pooled_bd = self.pool(hidden_btd, segment_ids)
+    pooled_bd = dropout(pooled_bd, self.cfg.dropout_rate, head_key)
+    return self.head(pooled_bd).astype(jnp.float32)
+
+  def pool(self, hidden_btd: jax.Array, segment_ids_bt: jax.Array) -> jax.Array:
+    """[batch, hidden]: the sentence vector the head reads (see resolve_pooling)."""
+    if self.pooling == 'pooler':
+      return self.encoder.pool(hidden_btd)
+    if self.pooling == 'last':
+      last_b = jnp.maximum(jnp.sum(segment_ids_bt > 0, axis=1) - 1, 0)
+      return jnp.take_along_axis(hidden_btd, last_b[:, None, None], axis=1)[:, 0]
+    real_bt1 = (segment_ids_bt > 0)[..., None].astype(hidden_btd.dtype)
+    return jnp.sum(hidden_btd * real_bt1, axis=1) / jnp.maximum(jnp.sum(real_bt1, axis=1), 1.0)

@@ -1,12 +1,12 @@
-"""Our ModelConfig <-> a Hugging Face config.json (BertConfig, GPT2Config).
+"""Our ModelConfig <-> a Hugging Face config.json (BertConfig, GPT2Config), through the presets: a model exports
+only when it is exactly one preset (pretrain/model/presets.py), and an import fills the preset's fields.
 
 Import accepts only settings our model computes exactly; anything else is one error naming the config.json
 field (a relu BERT, rotary positions, GPT-2's per-layer attention scaling, ...).
 """
-import dataclasses
-
-from pretrain.runtime.errors import ConfigError, require
+from pretrain.model import presets
 from pretrain.model.config import ModelConfig
+from pretrain.runtime.errors import ConfigError, require
 
 # The HF class each of our models exports as.
 MASKED_LM = {'bert': 'BertForMaskedLM', 'gpt2': 'GPT2LMHeadModel'}
@@ -15,8 +15,16 @@ SEQUENCE_CLASSIFICATION = {'bert': 'BertForSequenceClassification'}
 _TANH_GELUS = ('gelu_new', 'gelu_pytorch_tanh', 'gelu_fast')
 
 
+def hf_preset(cfg: ModelConfig, field: str = '--checkpoint') -> str:
+  """The preset cfg is, whose Hugging Face classes it exports as; else one error naming how it differs."""
+  name = presets.preset_of(cfg)
+  require(name is not None, f'{field}: the model is {presets.describe(cfg)}, which no Hugging Face class computes; '
+          f'only the presets {", ".join(presets.PRESETS)} export')
+  return name
+
+
 def to_hf_config(cfg: ModelConfig, architecture: str, pad_id: int, cls_id: int, sep_id: int) -> dict:
-  if cfg.variant == 'bert':
+  if hf_preset(cfg) == 'bert':
     return {
         'architectures': [architecture], 'model_type': 'bert', 'vocab_size': cfg.vocab_size,
         'hidden_size': cfg.hidden_size, 'num_hidden_layers': cfg.num_layers,
@@ -26,8 +34,6 @@ def to_hf_config(cfg: ModelConfig, architecture: str, pad_id: int, cls_id: int, 
         'initializer_range': cfg.initializer_range, 'layer_norm_eps': cfg.layer_norm_eps,
         'position_embedding_type': 'absolute', 'pad_token_id': pad_id, 'tie_word_embeddings': True,
     }
-  require(cfg.type_vocab_size == 0, f'model.type_vocab_size: {cfg.type_vocab_size}; GPT2LMHeadModel has no '
-          'token-type embedding, so only a gpt2 model with type_vocab_size 0 exports')
   return {
       'architectures': [architecture], 'model_type': 'gpt2', 'vocab_size': cfg.vocab_size,
       'n_positions': cfg.max_position_embeddings, 'n_embd': cfg.hidden_size, 'n_layer': cfg.num_layers,
@@ -52,21 +58,21 @@ def from_hf_config(hf: dict, where: str) -> ModelConfig:
   model_type = hf.get('model_type')
   if model_type == 'bert':
     act = hf.get('hidden_act', 'gelu')
-    require(act == 'gelu', f"{where}: hidden_act {act!r} is not supported (our bert variant uses erf 'gelu')")
+    require(act == 'gelu', f"{where}: hidden_act {act!r} is not supported (the bert preset uses erf 'gelu')")
     pos = hf.get('position_embedding_type', 'absolute')
     require(pos == 'absolute', f"{where}: position_embedding_type {pos!r} is not supported (only 'absolute')")
     require(not hf.get('is_decoder') and not hf.get('add_cross_attention'),
             f'{where}: is_decoder/add_cross_attention BERT models are not supported')
     g = lambda key, default=None: _field(hf, key, where, default)
-    cfg = ModelConfig(
-        variant='bert', vocab_size=g('vocab_size'), hidden_size=g('hidden_size'),
+    cfg = ModelConfig(**{**presets.preset_fields('bert'), **dict(
+        vocab_size=g('vocab_size'), hidden_size=g('hidden_size'),
         num_layers=g('num_hidden_layers'), num_heads=g('num_attention_heads'), mlp_dim=g('intermediate_size'),
         max_position_embeddings=g('max_position_embeddings'), type_vocab_size=g('type_vocab_size', 2),
         dropout_rate=g('hidden_dropout_prob', 0.1), attention_dropout_rate=g('attention_probs_dropout_prob', 0.1),
-        layer_norm_eps=g('layer_norm_eps', 1e-12), initializer_range=g('initializer_range', 0.02))
+        layer_norm_eps=g('layer_norm_eps', 1e-12), initializer_range=g('initializer_range', 0.02))})
   elif model_type == 'gpt2':
     act = hf.get('activation_function', 'gelu_new')
-    require(act in _TANH_GELUS, f'{where}: activation_function {act!r} is not supported (our gpt2 variant uses '
+    require(act in _TANH_GELUS, f'{where}: activation_function {act!r} is not supported (the gpt2 preset uses '
             "the tanh GELU, 'gelu_new')")
     require(not hf.get('scale_attn_by_inverse_layer_idx'),
             f'{where}: scale_attn_by_inverse_layer_idx true is not supported')
@@ -74,11 +80,11 @@ def from_hf_config(hf: dict, where: str) -> ModelConfig:
     require(not hf.get('add_cross_attention'), f'{where}: add_cross_attention GPT-2 models are not supported')
     g = lambda key, default=None: _field(hf, key, where, default)
     hidden = g('n_embd')
-    cfg = ModelConfig(
-        variant='gpt2', vocab_size=g('vocab_size'), hidden_size=hidden, num_layers=g('n_layer'),
+    cfg = ModelConfig(**{**presets.preset_fields('gpt2'), **dict(
+        vocab_size=g('vocab_size'), hidden_size=hidden, num_layers=g('n_layer'),
         num_heads=g('n_head'), mlp_dim=hf.get('n_inner') or 4 * hidden, max_position_embeddings=g('n_positions'),
-        type_vocab_size=0, dropout_rate=g('resid_pdrop', 0.1), attention_dropout_rate=g('attn_pdrop', 0.1),
-        layer_norm_eps=g('layer_norm_epsilon', 1e-5), initializer_range=g('initializer_range', 0.02))
+        dropout_rate=g('resid_pdrop', 0.1), attention_dropout_rate=g('attn_pdrop', 0.1),
+        layer_norm_eps=g('layer_norm_epsilon', 1e-5), initializer_range=g('initializer_range', 0.02))})
   else:
     raise ConfigError(f"{where}: model_type {model_type!r} is not supported; use a 'bert' or 'gpt2' checkpoint")
   try:
@@ -86,8 +92,3 @@ def from_hf_config(hf: dict, where: str) -> ModelConfig:
   except ConfigError as e:
     raise ConfigError(f'{where}: {e}') from None
   return cfg
-
-
-def model_fields(cfg: ModelConfig) -> dict:
-  """The ModelConfig as the plain dict a checkpoint's meta holds under config.model."""
-  return dataclasses.asdict(cfg)

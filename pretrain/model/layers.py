@@ -1,4 +1,5 @@
-"""Transformer building blocks. Every parameter carries logical axis names (see configs/common.py rules)."""
+"""Building blocks: parameters with logical axis names (configs/common.py maps them onto the mesh), dropout,
+dense layers, norms and the MLP. The norm and the MLP are chosen by name (model.norm, model.mlp) from tables here."""
 import contextlib
 
 import jax
@@ -50,11 +51,13 @@ class Dense(nnx.Module):
   """y = x @ kernel + bias, contracting the last len(in_shape) axes of x; computes in `dtype`."""
 
   def __init__(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...], names: tuple[str, ...],
-               cfg: ModelConfig, rngs: nnx.Rngs, use_bias: bool = True, init_scale: float = 1.0):
+               cfg: ModelConfig, rngs: nnx.Rngs, use_bias: bool | None = None, init_scale: float = 1.0):
+    """use_bias: default cfg.use_bias."""
     self.in_dims = len(in_shape)
     self.dtype = cfg.compute_dtype
     init = jax.nn.initializers.normal(cfg.initializer_range * init_scale)
     self.kernel = param(rngs, init, in_shape + out_shape, names)
+    use_bias = cfg.use_bias if use_bias is None else use_bias
     self.bias = param(rngs, jax.nn.initializers.zeros, out_shape, names[self.in_dims:]) if use_bias else None
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -67,96 +70,56 @@ class Dense(nnx.Module):
 
 
 class LayerNorm(nnx.Module):
-  """LayerNorm computed in float32 whatever the compute dtype."""
+  """LayerNorm computed in float32 whatever the compute dtype; a bias when cfg.use_bias."""
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     self.eps = cfg.layer_norm_eps
     self.dtype = cfg.compute_dtype
     self.scale = param(rngs, jax.nn.initializers.ones, (cfg.hidden_size,), ('norm',))
-    self.bias = param(rngs, jax.nn.initializers.zeros, (cfg.hidden_size,), ('norm',))
+    self.bias = param(rngs, jax.nn.initializers.zeros, (cfg.hidden_size,), ('norm',)) if cfg.use_bias else None
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x32 = x.astype(jnp.float32)
     mean = x32.mean(-1, keepdims=True)
     var = jnp.square(x32 - mean).mean(-1, keepdims=True)
-    y = (x32 - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...]
+    if self.bias is not None:
+      y = y + self.bias[...]
     return y.astype(self.dtype)
 
 
-def attention_mask(segment_ids: jax.Array, causal: bool) -> jax.Array:
-  """[batch, 1, q, k] bool: a token sees only its own packed segment (and, if causal, not the future).
+NORMS = {'layernorm': LayerNorm}  # model.norm -> the module
 
-  segment_ids [batch, length]: 1, 2, ... per packed document, 0 for padding (padding sees only padding).
-  """
-  mask = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
-  if causal:
-    length = segment_ids.shape[-1]
-    mask = mask & jnp.tril(jnp.ones((length, length), dtype=bool))
-  return mask
+
+def norm(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:
+  """The norm model.norm names, over the hidden size."""
+  return NORMS[cfg.norm](cfg, rngs)
+
+
+# model.mlp -> the activation between its two dense layers (also the MLM head transform's activation).
+ACTIVATIONS = {
+    'gelu': lambda x: jax.nn.gelu(x, approximate=False),  # exact, erf (bert's "gelu")
+    'gelu_tanh': lambda x: jax.nn.gelu(x, approximate=True),  # the tanh approximation (gpt2's "gelu_new")
+}
 
 
 def residual_init_scale(cfg: ModelConfig) -> float:
-  """gpt2 initialises the projections that write into the residual stream with std / sqrt(2 * layers)."""
-  return (2 * cfg.num_layers) ** -0.5 if cfg.pre_layer_norm else 1.0
-
-
-class Attention(nnx.Module):
-  """Multi-head self-attention with separate q/k/v projections (heads sharded over 'tensor')."""
-
-  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-    self.cfg = cfg
-    d, n, h = cfg.hidden_size, cfg.num_heads, cfg.head_dim
-    self.query = Dense((d,), (n, h), ('embed', 'heads', 'kv'), cfg, rngs)
-    self.key = Dense((d,), (n, h), ('embed', 'heads', 'kv'), cfg, rngs)
-    self.value = Dense((d,), (n, h), ('embed', 'heads', 'kv'), cfg, rngs)
-    self.out = Dense((n, h), (d,), ('heads', 'kv', 'embed'), cfg, rngs, init_scale=residual_init_scale(cfg))
-
-  def __call__(self, x_btd: jax.Array, mask_b1tt: jax.Array, dropout_key: jax.Array | None) -> jax.Array:
-    names = ('batch', 'length', 'act_heads', 'kv')
-    q_btnh = constrain(self.query(x_btd), names)
-    k_btnh = constrain(self.key(x_btd), names)
-    v_btnh = constrain(self.value(x_btd), names)
-    rate = self.cfg.attention_dropout_rate
-    if dropout_key is not None and rate > 0.0:
-      # Dropout on the attention probabilities needs them materialised: the explicit path.
-      scores_bnts = jnp.einsum('btnh,bsnh->bnts', q_btnh, k_btnh) / jnp.sqrt(self.cfg.head_dim).astype(q_btnh.dtype)
-      scores_bnts = jnp.where(mask_b1tt, scores_bnts.astype(jnp.float32), jnp.finfo(jnp.float32).min)
-      probs_bnts = dropout(jax.nn.softmax(scores_bnts, axis=-1), rate, dropout_key).astype(v_btnh.dtype)
-      out_btnh = jnp.einsum('bnts,bsnh->btnh', probs_bnts, v_btnh)
-    else:
-      out_btnh = jax.nn.dot_product_attention(q_btnh, k_btnh, v_btnh, mask=mask_b1tt)
-    return self.out(constrain(out_btnh, names))
+  """With cfg.scale_residual_init (gpt2), the layers that write into the residual stream start with
+  std / sqrt(2 * layers)."""
+  return (2 * cfg.num_layers) ** -0.5 if cfg.scale_residual_init else 1.0
 
 
 class Mlp(nnx.Module):
+  """dense (hidden -> mlp_dim) -> activation -> dense (mlp_dim -> hidden)."""
+
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-    self.approximate_gelu = cfg.variant == 'gpt2'  # gpt2: tanh GELU ("gelu_new"); bert: exact erf GELU
+    self.activation = ACTIVATIONS[cfg.mlp]
     self.wi = Dense((cfg.hidden_size,), (cfg.mlp_dim,), ('embed', 'mlp'), cfg, rngs)
     self.wo = Dense((cfg.mlp_dim,), (cfg.hidden_size,), ('mlp', 'embed'), cfg, rngs,
                     init_scale=residual_init_scale(cfg))
 
   def __call__(self, x_btd: jax.Array) -> jax.Array:
-    h_btf = jax.nn.gelu(self.wi(x_btd), approximate=self.approximate_gelu)
+    h_btf = self.activation(self.wi(x_btd))
     return self.wo(constrain(h_btf, ('batch', 'length', 'act_mlp')))
 
 
-class Block(nnx.Module):
-  """One Transformer layer: post-LN (bert) or pre-LN (gpt2) around attention and MLP."""
-
-  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-    self.cfg = cfg
-    self.attention = Attention(cfg, rngs)
-    self.attention_norm = LayerNorm(cfg, rngs)
-    self.mlp = Mlp(cfg, rngs)
-    self.mlp_norm = LayerNorm(cfg, rngs)
-
-  def __call__(self, x_btd: jax.Array, mask_b1tt: jax.Array, dropout_key: jax.Array | None) -> jax.Array:
-    keys = split_key(dropout_key, 3) if dropout_key is not None else (None, None, None)
-    rate = self.cfg.dropout_rate
-    if self.cfg.pre_layer_norm:
-      x_btd = x_btd + dropout(self.attention(self.attention_norm(x_btd), mask_b1tt, keys[0]), rate, keys[1])
-      x_btd = x_btd + dropout(self.mlp(self.mlp_norm(x_btd)), rate, keys[2])
-    else:
-      x_btd = self.attention_norm(x_btd + dropout(self.attention(x_btd, mask_b1tt, keys[0]), rate, keys[1]))
-      x_btd = self.mlp_norm(x_btd + dropout(self.mlp(x_btd), rate, keys[2]))
-    return constrain(x_btd, ('batch', 'length', 'act_embed'))

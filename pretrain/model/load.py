@@ -1,8 +1,9 @@
-"""Any checkpoint of this project -> its model, tokenizer and parameters on one device, for the tools.
+"""Any checkpoint of this project -> its model, tokenizer and parameters on one device (for the tools).
 
-Pretraining checkpoints and imported ones hold a LanguageModel ({'encoder', 'mlm_head'}, and 'sentence_head' with
-mlm.sentence_task nsp or sop); fine-tuned ones a Classifier ({'encoder', 'head'}), described by the meta item's
-'classifier' entry.
+Pretraining checkpoints and imported ones hold a LanguageModel ({'encoder', 'mlm_head', ...}, and
+'sentence_head' with mlm.sentence_task nsp or sop); fine-tuned ones a Classifier ({'encoder', 'head'}),
+described by the meta item's 'classifier' entry. The architecture comes from the meta alone
+(config.from_checkpoint_meta), so checkpoints written before the architecture fields load too.
 """
 import dataclasses
 from typing import Any
@@ -11,9 +12,9 @@ import jax
 from flax import nnx
 
 from pretrain.data.tokenizers import tokenizer_from_meta
+from pretrain.model.config import ModelConfig, from_checkpoint_meta
+from pretrain.model.heads import Classifier, LanguageModel
 from pretrain.runtime import checkpoint as checkpoint_lib
-from pretrain.model.config import ModelConfig
-from pretrain.model.heads import LanguageModel
 
 
 @dataclasses.dataclass
@@ -35,18 +36,14 @@ def model_builder(model_cfg: ModelConfig, classifier: dict | None):
   """seed -> a fresh model of the checkpoint's kind."""
   if classifier is None:
     return lambda seed: LanguageModel(model_cfg, nnx.Rngs(seed))
-  from finetune.model import Classifier  # pylint: disable=import-outside-toplevel
   return lambda seed: Classifier(model_cfg, classifier['num_labels'], nnx.Rngs(seed), classifier['pooling'])
 
 
-def load(checkpoint: str, field: str = '--checkpoint') -> LoadedCheckpoint:
+def load_checkpoint(checkpoint: str, field: str = '--checkpoint') -> LoadedCheckpoint:
   """Reads a workdir, its checkpoints/ dir or a step dir; errors name `field`."""
   step_dir, meta = checkpoint_lib.read_checked_meta(checkpoint, field)
-  model_cfg = ModelConfig.from_config(meta['config']['model'])
+  model_cfg = from_checkpoint_meta(meta)
   classifier = meta.get('classifier')
-  if classifier is None:  # a pretraining checkpoint of mlm.sentence_task nsp or sop also holds the sentence head
-    sentence_task = meta['config'].get('mlm', {}).get('sentence_task', 'none')
-    model_cfg = dataclasses.replace(model_cfg, sentence_head=sentence_task != 'none')
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   abstract = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: model_builder(model_cfg, classifier)(0)), nnx.Param))
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)

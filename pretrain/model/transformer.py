@@ -1,16 +1,42 @@
 """The Transformer: embeddings, scanned blocks (one compiled layer for any depth), final norm, pooler.
 
-`causal` (the gpt2 variant) makes it a decoder; the bert variant is a bidirectional encoder.
+Which parts exist, and how a block orders its norms, are ModelConfig fields (pretrain/model/config.py); with
+model.causal it is a decoder, else a bidirectional encoder.
 """
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pretrain.model.layers import Block, Dense, LayerNorm, attention_mask, dropout, param, split_key
+from pretrain.model.attention import Attention
+from pretrain.model.layers import Dense, Mlp, dropout, norm, param, split_key
 from pretrain.model.config import ModelConfig
 from pretrain.runtime.sharding import constrain
 
 LAYERS_AXIS = 'layers'
+
+
+class Block(nnx.Module):
+  """One layer: attention and MLP, each with its norm before (pre: x + f(norm(x))) or after (post: norm(x + f(x)))."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.attention = Attention(cfg, rngs)
+    self.attention_norm = norm(cfg, rngs)
+    self.mlp = Mlp(cfg, rngs)
+    self.mlp_norm = norm(cfg, rngs)
+
+  def __call__(self, x_btd: jax.Array, segment_ids_bt: jax.Array, positions_bt: jax.Array,
+               dropout_key: jax.Array | None) -> jax.Array:
+    keys = split_key(dropout_key, 3) if dropout_key is not None else (None, None, None)
+    rate = self.cfg.dropout_rate
+    attend = lambda h: self.attention(h, segment_ids_bt, positions_bt, keys[0])
+    if self.cfg.norm_position == 'pre':
+      x_btd = x_btd + dropout(attend(self.attention_norm(x_btd)), rate, keys[1])
+      x_btd = x_btd + dropout(self.mlp(self.mlp_norm(x_btd)), rate, keys[2])
+    else:
+      x_btd = self.attention_norm(x_btd + dropout(attend(x_btd), rate, keys[1]))
+      x_btd = self.mlp_norm(x_btd + dropout(self.mlp(x_btd), rate, keys[2]))
+    return constrain(x_btd, ('batch', 'length', 'act_embed'))
 
 
 class Transformer(nnx.Module):
@@ -20,14 +46,14 @@ class Transformer(nnx.Module):
     self.cfg = cfg
     init = jax.nn.initializers.normal(cfg.initializer_range)
     self.token_embed = param(rngs, init, (cfg.vocab_size, cfg.hidden_size), ('vocab', 'embed'))
-    self.position_embed = param(rngs, init, (cfg.max_position_embeddings, cfg.hidden_size), ('position', 'embed'))
+    self.position_embed = (param(rngs, init, (cfg.max_position_embeddings, cfg.hidden_size), ('position', 'embed'))
+                           if cfg.positions == 'learned' else None)
     self.type_embed = (param(rngs, init, (cfg.type_vocab_size, cfg.hidden_size), ('type_vocab', 'embed'))
                        if cfg.type_vocab_size else None)
-    # bert normalises the embeddings (post-LN); gpt2 normalises the output of the last block (pre-LN).
-    self.embed_norm = LayerNorm(cfg, rngs) if not cfg.pre_layer_norm else None
-    self.final_norm = LayerNorm(cfg, rngs) if cfg.pre_layer_norm else None
-    self.pooler = Dense((cfg.hidden_size,), (cfg.hidden_size,), ('embed', 'embed_out'), cfg, rngs) \
-        if cfg.variant == 'bert' else None
+    self.embed_norm = norm(cfg, rngs) if cfg.embedding_norm else None
+    self.final_norm = norm(cfg, rngs) if cfg.final_norm else None
+    self.pooler = (Dense((cfg.hidden_size,), (cfg.hidden_size,), ('embed', 'embed_out'), cfg, rngs)
+                   if cfg.pooler else None)
 
     @nnx.split_rngs(splits=cfg.num_layers)
     @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: LAYERS_AXIS})
@@ -41,7 +67,8 @@ class Transformer(nnx.Module):
     # sharded over vocab and embed has no efficient partitioning.
     table_vd = constrain(self.token_embed[...], (None, None))
     x_btd = jnp.take(table_vd, tokens_bt, axis=0)
-    x_btd = x_btd + jnp.take(self.position_embed[...], positions_bt, axis=0)
+    if self.position_embed is not None:
+      x_btd = x_btd + jnp.take(self.position_embed[...], positions_bt, axis=0)
     if self.type_embed is not None:
       x_btd = x_btd + jnp.take(self.type_embed[...], token_types_bt, axis=0)
     return x_btd
@@ -67,12 +94,10 @@ class Transformer(nnx.Module):
       x_btd = self.embed_norm(x_btd)
     x_btd = dropout(x_btd.astype(cfg.compute_dtype), cfg.dropout_rate, embed_key)
     x_btd = constrain(x_btd, ('batch', 'length', 'act_embed'))
-    mask_b1tt = attention_mask(segment_ids, cfg.causal)
-
     layer_keys = split_key(layers_key, cfg.num_layers) if layers_key is not None else None
 
     def apply_block(x, block, key):
-      return block(x, mask_b1tt, key)
+      return block(x, segment_ids, positions, key)
 
     policy = cfg.checkpoint_policy()
     if policy is not None:
@@ -86,7 +111,7 @@ class Transformer(nnx.Module):
     return x_btd
 
   def pool(self, hidden_btd: jax.Array) -> jax.Array:
-    """bert pooler: tanh(dense(hidden of the first ([CLS]) token)) -> [batch, hidden]."""
+    """The pooler (model.pooler): tanh(dense(hidden of the first ([CLS]) token)) -> [batch, hidden]."""
     return jnp.tanh(self.pooler(hidden_btd[:, 0]))
 
   def attend(self, hidden_btd: jax.Array) -> jax.Array:

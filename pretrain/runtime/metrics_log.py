@@ -1,6 +1,5 @@
 """Where training reports go: a progress line, WORKDIR/metrics.jsonl and TensorBoard event files (process 0)."""
 import json
-import math
 import pathlib
 import time
 import traceback
@@ -128,19 +127,3 @@ class MetricsLog:
   def close(self) -> None:
     if self.writer is not None:
       self.writer.close()
-
-
-def sentence_eval_metrics(sums: dict) -> dict:
-  """eval_sentence_loss / eval_sentence_accuracy (nsp or sop) from the summed terms; {} without a sentence task."""
-  if 'sentence_loss_sum' not in sums:
-    return {}
-  examples = max(float(sums['sentence_weight_sum']), 1.0)
-  return {'eval_sentence_loss': float(sums['sentence_loss_sum']) / examples,
-          'eval_sentence_accuracy': float(sums['sentence_correct_sum']) / examples}
-
-
-def eval_metrics(loss_sum: float, correct_sum: float, weight_sum: float, objective: str) -> dict:
-  loss = loss_sum / max(weight_sum, 1.0)
-  if objective == 'mlm':
-    return {'eval_loss': loss, 'eval_accuracy': correct_sum / max(weight_sum, 1.0)}
-  return {'eval_loss': loss, 'eval_perplexity': math.exp(min(loss, 50.0)), 'eval_accuracy': correct_sum / max(weight_sum, 1.0)}

@@ -75,12 +75,12 @@ def print_table(rows: dict[str, dict], unavailable: dict[str, str]) -> None:
 def measure_system(args: argparse.Namespace, config, name: str) -> dict:
   """One system's figures, measured in this process, with the number of devices it ran on."""
   if name != OURS:  # the peers build their own models; the torch peer never starts jax
-    from pretrain.config_checks import validate  # pylint: disable=g-import-not-at-top
-    from pretrain.model import flops  # pylint: disable=g-import-not-at-top
+    from pretrain.settings import PretrainSettings  # pylint: disable=g-import-not-at-top
+    from pretrain.trainer import flops_per_step  # pylint: disable=g-import-not-at-top
     from tools.benchmark import peers as bench_peers  # pylint: disable=g-import-not-at-top
-    model_cfg = validate(config)
-    timing = bench_peers.MEASURE[name](config, model_cfg, flops.train_flops_per_step(config, model_cfg), args.steps,
-                                       args.warmup, args.accelerator)
+    settings = PretrainSettings.from_config(config)
+    timing = bench_peers.MEASURE[name](settings, flops_per_step(settings), args.steps, args.warmup,
+                                       args.accelerator)
   else:
     import jax  # pylint: disable=g-import-not-at-top
     from tools.benchmark import step as bench_step  # pylint: disable=g-import-not-at-top

@@ -19,7 +19,8 @@ from pretrain.runtime.errors import ConfigError
 from pretrain.model.config import ModelConfig
 from tools.benchmark.step import synthetic_batch
 from tools.benchmark.timing import StepTiming, time_steps
-from pretrain.model.hf_config import MASKED_LM, to_hf_config
+from pretrain.model.hf_config import MASKED_LM, hf_preset, to_hf_config
+from pretrain.settings import PretrainSettings
 
 PEERS = ('hf-flax', 'hf-torch')
 LAST_FLAX_TRANSFORMERS = '4.57.6'
@@ -30,14 +31,14 @@ class PeerUnavailable(ConfigError):
   """This peer cannot run in this environment; the message says why and how to fix it (one line, exit 2)."""
 
 
-def masked_inputs(config, model_cfg: ModelConfig, mask_id: int = 4) -> tuple[np.ndarray, np.ndarray]:
+def masked_inputs(settings: PretrainSettings, mask_id: int = 4) -> tuple[np.ndarray, np.ndarray]:
   """(input ids, labels) [batch, seq]: MLM replaces mask_prob of the tokens (at least one per row) by mask_id and
   labels only those; CLM's labels are the tokens (the models shift them)."""
-  tokens = synthetic_batch(config, model_cfg.vocab_size)['tokens']
-  if config.objective == 'clm':
+  tokens = synthetic_batch(settings)['tokens']
+  if settings.objective == 'clm':
     return tokens, tokens.copy()
   rng = np.random.default_rng(1)
-  masked = rng.random(tokens.shape) < config.mlm.mask_prob
+  masked = rng.random(tokens.shape) < settings.mlm.mask_prob
   masked[:, 0] |= ~masked.any(axis=1)
   return np.where(masked, mask_id, tokens), np.where(masked, tokens, IGNORED)
 
@@ -54,11 +55,11 @@ def _transformers(need_flax: bool):
 
 
 def _hf_config(transformers, model_cfg: ModelConfig):
-  fields = to_hf_config(model_cfg, MASKED_LM[model_cfg.variant], pad_id=0, cls_id=1, sep_id=2)
+  fields = to_hf_config(model_cfg, MASKED_LM[hf_preset(model_cfg, '--config')], pad_id=0, cls_id=1, sep_id=2)
   return transformers.AutoConfig.for_model(**fields)
 
 
-def measure_hf_flax(config, model_cfg: ModelConfig, flops_per_step: float, steps: int, warmup: int,
+def measure_hf_flax(settings: PretrainSettings, flops_per_step: float, steps: int, warmup: int,
                     accelerator_name: str | None) -> StepTiming:
   transformers = _transformers(need_flax=True)
   import time  # pylint: disable=g-import-not-at-top
@@ -69,11 +70,13 @@ def measure_hf_flax(config, model_cfg: ModelConfig, flops_per_step: float, steps
   from tools.benchmark.step import peak_memory_bytes  # pylint: disable=g-import-not-at-top
 
   accelerator = accelerators.detect_or_get(accelerator_name, jax.devices()[0].device_kind)
-  model_class = transformers.FlaxBertForMaskedLM if model_cfg.variant == 'bert' else transformers.FlaxGPT2LMHeadModel
-  model = model_class(_hf_config(transformers, model_cfg), seed=config.seed, dtype=model_cfg.compute_dtype)
-  optimizer = optim.make_optimizer(config.train)
-  inputs, labels = (jnp.asarray(a) for a in masked_inputs(config, model_cfg))
-  if config.objective == 'clm':  # predict token t+1 at position t
+  model_cfg = settings.model
+  flax_classes = {'bert': transformers.FlaxBertForMaskedLM, 'gpt2': transformers.FlaxGPT2LMHeadModel}
+  model = flax_classes[hf_preset(model_cfg, '--config')](_hf_config(transformers, model_cfg), seed=settings.seed,
+                                                          dtype=model_cfg.compute_dtype)
+  optimizer = optim.make_optimizer(settings.train.optimizer)
+  inputs, labels = (jnp.asarray(a) for a in masked_inputs(settings))
+  if settings.objective == 'clm':  # predict token t+1 at position t
     labels = jnp.concatenate([labels[:, 1:], jnp.full_like(labels[:, :1], IGNORED)], axis=1)
 
   def loss_fn(params, dropout_rng):
@@ -83,7 +86,7 @@ def measure_hf_flax(config, model_cfg: ModelConfig, flops_per_step: float, steps
     return jnp.sum(losses * weights) / jnp.sum(weights)
 
   def train_step(params, opt_state, step):
-    loss, grads = jax.value_and_grad(loss_fn)(params, jax.random.fold_in(jax.random.key(config.seed), step))
+    loss, grads = jax.value_and_grad(loss_fn)(params, jax.random.fold_in(jax.random.key(settings.seed), step))
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
@@ -105,7 +108,7 @@ def measure_hf_flax(config, model_cfg: ModelConfig, flops_per_step: float, steps
                     peak_memory_bytes(compiled))
 
 
-def measure_hf_torch(config, model_cfg: ModelConfig, flops_per_step: float, steps: int, warmup: int,
+def measure_hf_torch(settings: PretrainSettings, flops_per_step: float, steps: int, warmup: int,
                      accelerator_name: str | None) -> StepTiming:
   try:
     import torch  # pylint: disable=g-import-not-at-top
@@ -117,13 +120,14 @@ def measure_hf_torch(config, model_cfg: ModelConfig, flops_per_step: float, step
   device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
   accelerator = accelerators.detect_or_get(accelerator_name,
                                            torch.cuda.get_device_name(0) if device.type == 'cuda' else 'cpu')
-  model_class = transformers.BertForMaskedLM if model_cfg.variant == 'bert' else transformers.GPT2LMHeadModel
-  torch.manual_seed(config.seed)
-  model = model_class(_hf_config(transformers, model_cfg)).to(device).train()
-  train = config.train
+  model_cfg = settings.model
+  torch_classes = {'bert': transformers.BertForMaskedLM, 'gpt2': transformers.GPT2LMHeadModel}
+  torch.manual_seed(settings.seed)
+  model = torch_classes[hf_preset(model_cfg, '--config')](_hf_config(transformers, model_cfg)).to(device).train()
+  train = settings.train
   optimizer = torch.optim.AdamW(model.parameters(), lr=train.learning_rate, betas=(train.b1, train.b2),
                                 eps=train.eps, weight_decay=train.weight_decay)
-  inputs, labels = (torch.from_numpy(a.astype(np.int64)).to(device) for a in masked_inputs(config, model_cfg))
+  inputs, labels = (torch.from_numpy(a.astype(np.int64)).to(device) for a in masked_inputs(settings))
   autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if model_cfg.dtype == 'bfloat16' else
               torch.autocast(device.type, dtype=torch.float16) if model_cfg.dtype == 'float16' else
               contextlib.nullcontext())

@@ -10,7 +10,7 @@ from pretrain.runtime import checkpoint as checkpoint_lib
 from pretrain.runtime import sharding
 from pretrain.runtime.errors import require
 from pretrain.data.pipeline import build_data
-from pretrain.train import batch_abstract
+from pretrain.settings import PretrainSettings
 from tools.benchmark.step import build
 
 
@@ -27,9 +27,10 @@ def measure_input_pipeline(config, batches: int, warmup: int = 2) -> dict:
   """
   require(batches >= 1, f'batches: must be >= 1, got {batches}')
   require(warmup >= 0, f'warmup: must be >= 0, got {warmup}')
-  data = build_data(config, process_index=0, process_count=1)
-  rules = tuple(config.sharding_rules)
-  mesh = sharding.make_mesh(config.mesh)
+  settings = PretrainSettings.from_config(config)
+  data = build_data(settings.data, **settings.data_arguments())
+  rules = settings.sharding_rules
+  mesh = sharding.make_mesh(settings.mesh)
   batch_sharding = sharding.batch_sharding(mesh, rules)
   train_iter = data.train_iterator()
 
@@ -49,8 +50,8 @@ def measure_input_pipeline(config, batches: int, warmup: int = 2) -> dict:
       transfer += pull()
     seconds = time.perf_counter() - start
   train_iter.close()
-  tokens = batches * config.train.batch_size * config.data.seq_len
-  return {'objective': config.objective, 'batches': batches, 'seconds': seconds,
+  tokens = batches * settings.tokens_per_step
+  return {'objective': settings.objective, 'batches': batches, 'seconds': seconds,
           'tokens_per_sec': tokens / seconds, 'batch_ms': 1000 * seconds / batches,
           'transfer_ms': 1000 * transfer / batches}
 
@@ -78,12 +79,12 @@ def measure_checkpoint_stall(config, workdir: str, steps: int, every: int, round
   require(steps >= every and steps % every == 0, f'steps: must be a positive multiple of every ({every}), got {steps}')
   require(rounds >= 1, f'rounds: must be >= 1, got {rounds}')
   setup = build(config)
-  trainer, rules = setup.trainer, tuple(config.sharding_rules)
-  data = build_data(config, process_index=0, process_count=1)
-  meta = checkpoint_lib.make_meta(config, data.tokenizer)
-  checkpointer = checkpoint_lib.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+  settings, trainer, rules = setup.settings, setup.trainer, setup.settings.sharding_rules
+  data = build_data(settings.data, **settings.data_arguments())
+  meta = checkpoint_lib.make_meta(settings.as_config(), data.tokenizer)
+  checkpointer = checkpoint_lib.Checkpointer(workdir, keep=settings.train.keep_checkpoints)
   require(checkpointer.latest_step() is None, f'workdir: {checkpointer.directory} already holds checkpoints')
-  log_every = config.train.log_every
+  log_every = settings.train.log_every
 
   def loop(train_step, save: bool) -> tuple[float, list[float], float]:
     """(loop seconds, seconds inside each save, seconds of the final wait)."""
@@ -115,7 +116,7 @@ def measure_checkpoint_stall(config, workdir: str, steps: int, every: int, round
   try:
     with sharding.use_mesh_and_rules(setup.mesh, rules):
       state = trainer.init()
-      train_step = trainer.train_step.lower(state, batch_abstract(config, trainer)).compile()
+      train_step = trainer.train_step.lower(state, trainer.abstract_batch).compile()
       warm_iter = data.train_iterator()
       jax.block_until_ready(train_step(state, sharding.global_batch_from_local(next(warm_iter),
                                                                             trainer.batch_sharding)))
@@ -135,7 +136,7 @@ def measure_checkpoint_stall(config, workdir: str, steps: int, every: int, round
           'save_blocking_ms': save_blocking_ms, 'wait_ms': 1000 * statistics.median(waits),
           'extra_ms_per_save': 1000 * (with_saves - without) / len(save_seconds),
           'stall_fraction': (with_saves - without) / without,
-          'stall_fraction_at_config_interval': save_blocking_ms / (config.train.checkpoint_every * step_ms)}
+          'stall_fraction_at_config_interval': save_blocking_ms / (settings.train.checkpoint_every * step_ms)}
 
 
 def print_input_report(pipelines=(), stall: dict | None = None, step_tokens_per_sec: float | None = None,

@@ -6,55 +6,51 @@ import time
 import jax
 import numpy as np
 
-from pretrain.config_checks import check_batch_split, validate
-from pretrain.runtime import accelerators
-from pretrain.model import flops
-from pretrain.runtime import sharding
-from pretrain.model.config import ModelConfig
-from pretrain.train import Trainer, batch_abstract, make_trainer
+from pretrain import objectives
+from pretrain.runtime import accelerators, sharding
+from pretrain.settings import PretrainSettings, check_batch_split
+from pretrain.trainer import Trainer, flops_per_step, make_trainer
 from tools.benchmark.timing import StepTiming, time_steps
-from tools.plan.mesh import SpecialIds
 
 
-def synthetic_batch(config, vocab_size: int, seed: int = 0) -> dict[str, np.ndarray]:
-  """One global batch of random tokens: one document per row (sentence pairs: two halves, random labels)."""
-  rows, length = config.train.batch_size, config.data.seq_len
+def synthetic_batch(settings: PretrainSettings, seed: int = 0) -> dict[str, np.ndarray]:
+  """One global batch of random tokens: one document per row (sentence pairs: two halves, random labels); the
+  arrays the objective's batches hold."""
+  rows, length = settings.train.batch_size, settings.data.seq_len
   rng = np.random.default_rng(seed)
-  first_id = len(SpecialIds(vocab_size).special_ids)
-  batch = {'tokens': rng.integers(first_id, vocab_size, (rows, length), dtype=np.int32),
+  first_id = len(objectives.RESERVED_SPECIAL_IDS)
+  batch = {'tokens': rng.integers(first_id, settings.model.vocab_size, (rows, length), dtype=np.int32),
            'segment_ids': np.ones((rows, length), np.int32),
-           'positions': np.tile(np.arange(length, dtype=np.int32), (rows, 1))}
-  if config.mlm.sentence_task != 'none':
-    batch['token_types'] = (np.arange(length) >= length // 2).astype(np.int32)[None].repeat(rows, 0)
-    batch['sentence_labels'] = rng.integers(0, 2, (rows, 1), dtype=np.int32)
-  return batch
+           'positions': np.tile(np.arange(length, dtype=np.int32), (rows, 1)),
+           'token_types': (np.arange(length) >= length // 2).astype(np.int32)[None].repeat(rows, 0),
+           'sentence_labels': rng.integers(0, 2, (rows, 1), dtype=np.int32)}
+  return {k: batch[k] for k in settings.build_objective().batch_shapes(rows, length)}
 
 
 @dataclasses.dataclass
 class StepSetup:
   """Everything one benchmark of our step needs, built as pretrain.train.run builds it."""
-  config: object
-  model_cfg: ModelConfig
+  settings: PretrainSettings
   mesh: jax.sharding.Mesh
   trainer: Trainer
 
   @property
   def tokens_per_step(self) -> int:
-    return self.config.train.batch_size * self.config.data.seq_len
+    return self.settings.tokens_per_step
 
   @property
   def flops_per_step(self) -> float:
-    return flops.train_flops_per_step(self.config, self.model_cfg)
+    return flops_per_step(self.settings)
 
 
 def build(config) -> StepSetup:
   """Validates the config and builds the trainer; raises ConfigError naming the field before any compile."""
-  model_cfg = validate(config)
-  mesh = sharding.make_mesh(config.mesh)
-  check_batch_split(config, sharding.data_parallel_size(mesh, tuple(config.sharding_rules)))
-  with sharding.use_mesh_and_rules(mesh, tuple(config.sharding_rules)):
-    trainer = make_trainer(config, model_cfg, mesh, SpecialIds(model_cfg.vocab_size))
-  return StepSetup(config, model_cfg, mesh, trainer)
+  settings = PretrainSettings.from_config(config)
+  mesh = sharding.make_mesh(settings.mesh)
+  check_batch_split(settings, sharding.data_parallel_size(mesh, settings.sharding_rules))
+  with sharding.use_mesh_and_rules(mesh, settings.sharding_rules):
+    trainer = make_trainer(settings, mesh)
+  return StepSetup(settings, mesh, trainer)
 
 
 def peak_memory_bytes(compiled) -> int | None:
@@ -80,13 +76,12 @@ def measure(setup: StepSetup, steps: int, warmup: int,
             accelerator: accelerators.Accelerator | None = None) -> StepTiming:
   """Compiles the step (timed), then times `steps` steps after `warmup`, each waited for. accelerator: whose
   peak MFU divides by (None: no MFU)."""
-  config, trainer = setup.config, setup.trainer
-  with sharding.use_mesh_and_rules(setup.mesh, tuple(config.sharding_rules)):
+  settings, trainer = setup.settings, setup.trainer
+  with sharding.use_mesh_and_rules(setup.mesh, settings.sharding_rules):
     state = trainer.init()
-    batch = sharding.global_batch_from_local(process_rows(synthetic_batch(config, setup.model_cfg.vocab_size)),
-                                             trainer.batch_sharding)
+    batch = sharding.global_batch_from_local(process_rows(synthetic_batch(settings)), trainer.batch_sharding)
     start = time.perf_counter()
-    step = trainer.train_step.lower(state, batch_abstract(config, trainer)).compile()
+    step = trainer.train_step.lower(state, trainer.abstract_batch).compile()
     compile_s = time.perf_counter() - start
 
     def run_step():

@@ -54,7 +54,7 @@ def _convert(args: argparse.Namespace) -> dict:
     from tools.convert_checkpoint.importer import import_hf  # pylint: disable=import-outside-toplevel
     summary = import_hf(args.hf, args.out, args.seed)
     fresh = summary['freshly_initialised']
-    print(f"wrote {summary['checkpoint']}: {summary['variant']}, {summary['parameters']:,} parameters, "
+    print(f"wrote {summary['checkpoint']}: {summary['preset']}, {summary['parameters']:,} parameters, "
           f"tokenizer {summary['tokenizer']}" + (f"; freshly initialised (not in {args.hf}): {', '.join(fresh)}"
                                                   if fresh else ''))
     checkpoint, hf_dir = args.out, args.hf

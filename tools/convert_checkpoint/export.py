@@ -15,16 +15,17 @@ from safetensors.numpy import save_file
 
 from pretrain.runtime.errors import require
 from pretrain.runtime.files import atomic_directory, check_output_dir
-from pretrain.model import load as checkpoint_model
+from pretrain.model import load as model_load
 from pretrain.model import hf_config
+from pretrain.model.heads import resolve_pooling
 from tools.convert_checkpoint import mapping, tokenizer_files
 
 PRETRAINING = 'BertForPreTraining'  # MLM head + next-sentence head
 
 
-def tables(variant: str, classifier: bool) -> list[tuple[list[mapping.Rule], str]]:
-  """(rules, HF name prefix) for a model of ours."""
-  if variant == 'gpt2':
+def tables(preset: str, classifier: bool) -> list[tuple[list[mapping.Rule], str]]:
+  """(rules, HF name prefix) for a model of ours that is `preset`."""
+  if preset == 'gpt2':
     return [(mapping.GPT2_ENCODER, 'transformer.')]
   head = mapping.BERT_CLASSIFIER_HEAD if classifier else mapping.BERT_MLM_HEAD + mapping.BERT_SENTENCE_HEAD
   return [(mapping.BERT_ENCODER + mapping.BERT_POOLER, 'bert.'), (head, '')]
@@ -37,20 +38,21 @@ def _classifier_config(classifier: dict) -> dict:
           'problem_type': 'regression' if classifier['is_regression'] else 'single_label_classification'}
 
 
-def hf_tensors(loaded: checkpoint_model.LoadedCheckpoint) -> tuple[dict[str, np.ndarray], str]:
+def hf_tensors(loaded: model_load.LoadedCheckpoint) -> tuple[dict[str, np.ndarray], str]:
   """The state dict and the HF architecture name of a loaded checkpoint."""
   cfg, classifier = loaded.model_cfg, loaded.classifier
+  preset = hf_config.hf_preset(cfg)
   if classifier is not None:
-    require(cfg.variant == 'bert' and classifier['pooling'] == 'auto',
-            f"--checkpoint: a fine-tuned {cfg.variant} model with pooling '{classifier['pooling']}' has no "
+    require(preset == 'bert' and resolve_pooling(cfg, classifier['pooling']) == 'pooler',
+            f"--checkpoint: a fine-tuned {preset} model with pooling '{classifier['pooling']}' has no "
             'Hugging Face class; only bert with pooling auto exports (as BertForSequenceClassification)')
-  architecture = (hf_config.SEQUENCE_CLASSIFICATION if classifier else hf_config.MASKED_LM)[cfg.variant]
+  architecture = (hf_config.SEQUENCE_CLASSIFICATION if classifier else hf_config.MASKED_LM)[preset]
   architecture = PRETRAINING if cfg.sentence_head else architecture
-  flat = {k: np.asarray(v) for k, v in checkpoint_model.flatten(loaded.params).items()}
+  flat = {k: np.asarray(v) for k, v in model_load.flatten(loaded.params).items()}
   tensors = {}
-  for rules, prefix in tables(cfg.variant, classifier is not None):
+  for rules, prefix in tables(preset, classifier is not None):
     tensors.update(mapping.to_hf(rules, flat, cfg.num_layers, prefix))
-  used = {p for rules, _ in tables(cfg.variant, classifier is not None) for r in rules for p in r.ours}
+  used = {p for rules, _ in tables(preset, classifier is not None) for r in rules for p in r.ours}
   leftover = sorted(set(flat) - used)
   require(not leftover, f'--checkpoint: parameters {leftover} have no Hugging Face counterpart')
   return {k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}, architecture
@@ -59,7 +61,7 @@ def hf_tensors(loaded: checkpoint_model.LoadedCheckpoint) -> tuple[dict[str, np.
 def export(checkpoint: str, out: str) -> dict:
   """Writes the HF directory `out`; returns a summary (architecture, tensors, parameters)."""
   check_output_dir(out)
-  loaded = checkpoint_model.load(checkpoint)
+  loaded = model_load.load_checkpoint(checkpoint)
   tensors, architecture = hf_tensors(loaded)
   tok = loaded.tokenizer
   require(tok.vocab_size <= loaded.model_cfg.vocab_size,
@@ -71,7 +73,7 @@ def export(checkpoint: str, out: str) -> dict:
   with atomic_directory(out) as tmp:
     save_file(tensors, str(tmp / 'model.safetensors'), metadata={'format': 'pt'})
     (tmp / 'config.json').write_text(json.dumps(config_json, indent=2) + '\n')
-    tokenizer_files.write_tokenizer_files(tok, tmp, loaded.model_cfg.variant,
+    tokenizer_files.write_tokenizer_files(tok, tmp, hf_config.hf_preset(loaded.model_cfg),
                                           loaded.model_cfg.max_position_embeddings)
   return {'architecture': architecture, 'tensors': len(tensors),
           'parameters': int(sum(v.size for v in tensors.values())), 'from': loaded.step_dir}

@@ -6,6 +6,7 @@ pytorch_model.bin; any float dtype, stored as float32. Parts the directory lacks
 sentence-embedding BertModel, its pooler) are freshly initialised, and the summary says so. The tokenizer comes
 along: WordPiece or byte-level BPE through `tokenizers`, or SentencePiece when the directory has ours.
 """
+import dataclasses
 import json
 import logging
 import pathlib
@@ -17,7 +18,7 @@ from flax import nnx
 from pretrain.runtime import checkpoint as checkpoint_lib
 from pretrain.runtime.errors import ConfigError, require
 from pretrain.runtime.files import atomic_directory, check_output_dir
-from pretrain.model import load as checkpoint_model
+from pretrain.model import load as model_load
 from pretrain.model import hf_config
 from tools.convert_checkpoint import mapping, tokenizer_files
 
@@ -46,9 +47,9 @@ def read_tensors(hf_dir: pathlib.Path) -> tuple[dict[str, np.ndarray], str]:
   raise ConfigError(f'--hf: {hf_dir} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin')
 
 
-def _groups(variant: str, tensors: dict) -> list[tuple[str, list[mapping.Rule], str, bool]]:
+def _groups(preset: str, tensors: dict) -> list[tuple[str, list[mapping.Rule], str, bool]]:
   """(name, rules, HF prefix, required) in the order they are read."""
-  if variant == 'gpt2':
+  if preset == 'gpt2':
     prefix = 'transformer.' if 'transformer.wte.weight' in tensors else ''
     return [('encoder', mapping.GPT2_ENCODER, prefix, True)]
   prefix = 'bert.' if 'bert.embeddings.word_embeddings.weight' in tensors else ''
@@ -56,8 +57,8 @@ def _groups(variant: str, tensors: dict) -> list[tuple[str, list[mapping.Rule], 
           ('MLM head', mapping.BERT_MLM_HEAD, '', False)]
 
 
-def _check_tied(tensors: dict, variant: str, where: str) -> None:
-  embedding = 'bert.embeddings.word_embeddings.weight' if variant == 'bert' else 'transformer.wte.weight'
+def _check_tied(tensors: dict, preset: str, where: str) -> None:
+  embedding = 'bert.embeddings.word_embeddings.weight' if preset == 'bert' else 'transformer.wte.weight'
   embedding = embedding if embedding in tensors else embedding.split('.', 1)[1]
   for decoder in mapping.TIED_DECODERS:
     if decoder in tensors and embedding in tensors and not np.array_equal(tensors[decoder], tensors[embedding]):
@@ -66,7 +67,7 @@ def _check_tied(tensors: dict, variant: str, where: str) -> None:
 
 
 def convert(hf_dir: pathlib.Path, seed: int = 0) -> tuple[dict, object, dict, list[str]]:
-  """-> (our params, tokenizer, our model config dict, names of freshly initialised parts)."""
+  """-> (our params, tokenizer, our ModelConfig, names of freshly initialised parts)."""
   config_path = hf_dir / 'config.json'
   require(config_path.is_file(), f'--hf: {config_path} does not exist')
   try:
@@ -74,41 +75,42 @@ def convert(hf_dir: pathlib.Path, seed: int = 0) -> tuple[dict, object, dict, li
   except json.JSONDecodeError as e:
     raise ConfigError(f'{config_path}: not JSON ({e})') from None
   cfg = hf_config.from_hf_config(config_json, str(config_path))
-  tokenizer = tokenizer_files.read_tokenizer(hf_dir, cfg.variant)
+  preset = hf_config.hf_preset(cfg)
+  tokenizer = tokenizer_files.read_tokenizer(hf_dir, preset)
   require(tokenizer.vocab_size <= cfg.vocab_size,
           f'{config_path}: vocab_size {cfg.vocab_size} is smaller than the tokenizer\'s {tokenizer.vocab_size} tokens')
   tensors, where = read_tensors(hf_dir)
   for alias, name in mapping.BIAS_ALIASES.items():
     if alias in tensors and name not in tensors:
       tensors[name] = tensors[alias]
-  _check_tied(tensors, cfg.variant, where)
+  _check_tied(tensors, preset, where)
 
   def get_tensor(name: str, expected: tuple[int, ...]) -> np.ndarray:
     if name not in tensors:
-      raise ConfigError(f'{where}: tensor {name!r} is missing (a {cfg.variant} model with {cfg.num_layers} layers '
+      raise ConfigError(f'{where}: tensor {name!r} is missing (a {preset} model with {cfg.num_layers} layers '
                         'needs it)')
     require(tuple(tensors[name].shape) == tuple(expected), f'{where}: tensor {name!r} has shape '
             f'{tuple(tensors[name].shape)}, but {config_path.name} implies {tuple(expected)}')
     used.add(name)
     return tensors[name]
 
-  build = checkpoint_model.model_builder(cfg, None)
-  shapes = {k: tuple(v.shape) for k, v in checkpoint_model.flatten(
+  build = model_load.model_builder(cfg, None)
+  shapes = {k: tuple(v.shape) for k, v in model_load.flatten(
       nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: build(seed)), nnx.Param))).items()}
   used: set[str] = set(mapping.BIAS_ALIASES) | set(mapping.TIED_DECODERS)
   flat, fresh = {}, []
-  for name, rules, prefix, required in _groups(cfg.variant, tensors):
+  for name, rules, prefix, required in _groups(preset, tensors):
     if not required and prefix + rules[0].hf not in tensors:
       fresh.append(name)
       continue
     flat.update(mapping.to_ours(rules, get_tensor, shapes, cfg.num_layers, prefix))
   if fresh:
-    initial = checkpoint_model.flatten(nnx.to_pure_dict(nnx.state(build(seed), nnx.Param)))
+    initial = model_load.flatten(nnx.to_pure_dict(nnx.state(build(seed), nnx.Param)))
     flat.update({k: np.asarray(v) for k, v in initial.items() if k not in flat})
   ignored = sorted(k for k in set(tensors) - used if not k.endswith(mapping.IGNORED_SUFFIXES))
   if ignored:
     log.warning('ignored %d tensors with no counterpart in our model: %s', len(ignored), ', '.join(ignored[:8]))
-  return checkpoint_model.unflatten(flat), tokenizer, hf_config.model_fields(cfg), fresh
+  return model_load.unflatten(flat), tokenizer, cfg, fresh
 
 
 def import_hf(hf: str, out: str, seed: int = 0) -> dict:
@@ -116,12 +118,12 @@ def import_hf(hf: str, out: str, seed: int = 0) -> dict:
   hf_dir = pathlib.Path(hf).absolute()
   require(hf_dir.is_dir(), f'--hf: {hf_dir} is not a directory')
   check_output_dir(out)
-  params, tokenizer, model_fields, fresh = convert(hf_dir, seed)
-  meta = checkpoint_lib.make_meta({'model': model_fields}, tokenizer,
+  params, tokenizer, cfg, fresh = convert(hf_dir, seed)
+  meta = checkpoint_lib.make_meta({'model': dataclasses.asdict(cfg)}, tokenizer,
                                   imported_from={'path': str(hf_dir), 'freshly_initialised': fresh})
   with atomic_directory(out) as tmp:
     step_dir = checkpoint_lib.save_params(tmp, 0, jax.device_put(params, jax.local_devices()[0]), meta)
   checkpoint = pathlib.Path(out).absolute() / step_dir.relative_to(tmp)
-  return {'variant': model_fields['variant'], 'checkpoint': str(checkpoint),
+  return {'preset': hf_config.hf_preset(cfg), 'checkpoint': str(checkpoint),
           'parameters': int(sum(np.size(x) for x in jax.tree.leaves(params))), 'freshly_initialised': fresh,
           'tokenizer': type(tokenizer).__name__}

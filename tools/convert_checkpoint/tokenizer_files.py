@@ -4,7 +4,7 @@ Export of our SentencePiece tokenizer writes `tokenizer.model` (the SentencePiec
 `tokenizer.json` for the `tokenizers` library that reproduces it: the same unigram pieces and scores with byte
 fallback, spaces as '▁', no other normalisation. Control pieces (<s>, </s>, <pad>, [MASK]) become special
 tokens; like every HF tokenizer, HF then reads their literal text ("[MASK]") as the special token. The bert
-variant's post-processor adds [CLS] a [SEP] b [SEP] with token types, as our fine-tuning does.
+preset's post-processor adds [CLS] a [SEP] b [SEP] with token types, as our fine-tuning does.
 
 Import prefers a SentencePiece `tokenizer.model` that has BOS/EOS (what our export writes), else builds a
 HfTokenizer from `tokenizer.json`, or from `vocab.txt` (BERT WordPiece) or `vocab.json` + `merges.txt` (GPT-2).
@@ -27,7 +27,7 @@ DEFAULT_SPECIALS = {
 }
 
 
-def _sentencepiece_json(tokenizer: Tokenizer, variant: str) -> str:
+def _sentencepiece_json(tokenizer: Tokenizer, preset: str) -> str:
   tk = import_tokenizers()
   sp = spm.SentencePieceProcessor(model_proto=tokenizer.to_bytes())
   vocab = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
@@ -37,7 +37,7 @@ def _sentencepiece_json(tokenizer: Tokenizer, variant: str) -> str:
                                       tk.decoders.Fuse()])
   controls = [sp.id_to_piece(i) for i in range(sp.get_piece_size()) if sp.is_control(i) or sp.is_unknown(i)]
   tok.add_special_tokens([tk.AddedToken(p, special=True, normalized=False) for p in controls])
-  if variant == 'bert':
+  if preset == 'bert':
     cls, sep = sp.id_to_piece(tokenizer.cls_id), sp.id_to_piece(tokenizer.sep_id)
     tok.post_processor = tk.processors.TemplateProcessing(
         single=f'{cls} $A {sep}', pair=f'{cls} $A {sep} $B:1 {sep}:1',
@@ -56,15 +56,15 @@ def special_tokens(tokenizer) -> dict[str, str]:
   return out
 
 
-def write_tokenizer_files(tokenizer, out: pathlib.Path, variant: str, max_length: int) -> None:
+def write_tokenizer_files(tokenizer, out: pathlib.Path, preset: str, max_length: int) -> None:
   if isinstance(tokenizer, Tokenizer):
     (out / 'tokenizer.model').write_bytes(tokenizer.to_bytes())
-    (out / 'tokenizer.json').write_text(_sentencepiece_json(tokenizer, variant), encoding='utf-8')
+    (out / 'tokenizer.json').write_text(_sentencepiece_json(tokenizer, preset), encoding='utf-8')
   else:
     (out / 'tokenizer.json').write_text(tokenizer.to_json(), encoding='utf-8')
   specials = special_tokens(tokenizer)
   (out / 'special_tokens_map.json').write_text(json.dumps(specials, indent=2) + '\n')
-  inputs = ['input_ids', 'token_type_ids', 'attention_mask'] if variant == 'bert' else ['input_ids', 'attention_mask']
+  inputs = ['input_ids', 'token_type_ids', 'attention_mask'] if preset == 'bert' else ['input_ids', 'attention_mask']
   config = {'tokenizer_class': 'PreTrainedTokenizerFast', 'model_max_length': max_length,
             'model_input_names': inputs, 'clean_up_tokenization_spaces': False, **specials}
   (out / 'tokenizer_config.json').write_text(json.dumps(config, indent=2) + '\n')

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pretrain.runtime.errors import ConfigError
-from pretrain.model import load as checkpoint_model
+from pretrain.model import load as model_load
 
 HEAD_CLASSES = ('BertForMaskedLM', 'GPT2LMHeadModel', 'BertForSequenceClassification')
 TOLERANCE = 1e-4  # float32; measured differences are around 1e-6
@@ -19,7 +19,7 @@ def max_output_difference(checkpoint: str, hf_dir: str, seed: int = 0) -> tuple[
   import transformers  # pylint: disable=import-outside-toplevel
   transformers.logging.set_verbosity_error()  # its load report lists our stored bert pooler as unexpected
   transformers.logging.disable_progress_bar()
-  loaded = checkpoint_model.load(checkpoint)
+  loaded = model_load.load_checkpoint(checkpoint)
   cfg = loaded.model_cfg
   architecture = json.loads((pathlib.Path(hf_dir) / 'config.json').read_text()).get('architectures', [''])[0]
   fresh = loaded.meta.get('imported_from', {}).get('freshly_initialised', [])
@@ -31,7 +31,7 @@ def max_output_difference(checkpoint: str, hf_dir: str, seed: int = 0) -> tuple[
   ids = np.random.default_rng(seed).integers(0, loaded.tokenizer.vocab_size, (2, length))
   types = np.tile((np.arange(length) >= length // 2).astype(np.int64), (2, 1)) if cfg.type_vocab_size > 1 else \
       np.zeros_like(ids)
-  extra = {'token_type_ids': torch.tensor(types)} if cfg.variant == 'bert' else {}
+  extra = {'token_type_ids': torch.tensor(types)} if cfg.type_vocab_size else {}
   with torch.no_grad():
     out = reference(torch.tensor(ids), **extra)
   theirs = (out.logits if with_head else out.last_hidden_state).numpy()

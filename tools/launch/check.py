@@ -12,9 +12,10 @@ import os
 import re
 from collections.abc import Sequence
 
-from pretrain import config_checks
+from pretrain.model import presets
 from pretrain.runtime import sharding
 from pretrain.runtime.errors import ConfigError, require
+from pretrain.settings import PretrainSettings, check_batch_split
 
 ENV_NAME = re.compile(r'[A-Za-z_][A-Za-z0-9_]*')
 # Logical axis -> the model field that sizes it, for the parameter dimensions that the mesh may split.
@@ -60,10 +61,11 @@ class Fit:
     """Rows one data-parallel device runs per microbatch."""
     return self.batch_size // self.microbatches // self.data_parallel
 
-  def summary(self, config) -> str:
+  def summary(self, settings: PretrainSettings) -> str:
     shape = ' '.join(f'{axis}={size}' for axis, size in zip(sharding.MESH_AXES, self.mesh))
     procs = f', {self.processes} processes' if self.processes else ''
-    return (f'{config.objective} {config.model.variant} {config.model.num_layers}x{config.model.hidden_size}: '
+    model = settings.model
+    return (f'{settings.objective} {presets.describe(model)} {model.num_layers}x{model.hidden_size}: '
             f'mesh {shape} on {self.devices} devices{procs}; batch {self.batch_size} = {self.data_parallel} '
             f'data-parallel x {self.microbatches} microbatch(es) x {self.rows_per_device} rows of {self.seq_len}: '
             f'{self.rows_per_device * self.seq_len} tokens per device at once')
@@ -74,19 +76,20 @@ def _axes_size(mesh: dict[str, int], entry) -> int:
   return math.prod(mesh[axis] for axis in axes)
 
 
-def check_fit(config, devices: int, processes: int | None) -> Fit:
-  """validate(config), then the mesh, parameter and batch splits for `devices` devices in `processes` processes."""
-  config_checks.validate(config)
-  shape = sharding.resolve_mesh_shape(config.mesh, devices)
+def check_fit(config, devices: int, processes: int | None) -> tuple[PretrainSettings, Fit]:
+  """The config's settings (checked), then the mesh, parameter and batch splits for `devices` devices in
+  `processes` processes."""
+  settings = PretrainSettings.from_config(config)
+  shape = sharding.resolve_mesh_shape(settings.mesh, devices)
   mesh = dict(zip(sharding.MESH_AXES, shape))
-  rules = dict(config.sharding_rules)
+  rules = dict(settings.sharding_rules)
   for logical, field in PARAMETER_AXES.items():
-    size, split = config.model[field], _axes_size(mesh, rules.get(logical))
+    size, split = getattr(settings.model, field), _axes_size(mesh, rules.get(logical))
     require(size % split == 0, f'model.{field}: {size} is not divisible by the mesh axes {rules[logical]} '
             f'({split} devices) that split the {logical!r} dimension of the parameters')
   data_parallel = _axes_size(mesh, rules['batch'])
-  config_checks.check_batch_split(config, data_parallel, where=f' on {devices} devices')
-  batch, micro = config.train.batch_size, config.train.microbatches
+  check_batch_split(settings, data_parallel, where=f' on {devices} devices')
+  batch, micro = settings.train.batch_size, settings.train.microbatches
   require(processes is None or batch % processes == 0,
           f'train.batch_size: {batch} is not divisible by the process count {processes}')
-  return Fit(devices, processes, shape, data_parallel, batch, micro, config.data.seq_len)
+  return settings, Fit(devices, processes, shape, data_parallel, batch, micro, settings.data.seq_len)

@@ -87,13 +87,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def run_tpu(args, config, env: dict[str, str]) -> None:
   devices, hosts = launch_tpu.tpu_shape(args.accelerator_type, args.devices)
   check_workdir(args.workdir, hosts)
-  fit = check_fit(config, devices, processes=hosts)  # one process per host
+  settings, fit = check_fit(config, devices, processes=hosts)  # one process per host
   steps = launch_tpu.gcloud_steps(args, env, args.overrides)
   warning = launch_tpu.workdir_warning(args.workdir, hosts)
   if warning:
     print(warning, file=sys.stderr)
   if args.dry_run:
-    print(f'# {fit.summary(config)}')
+    print(f'# {fit.summary(settings)}')
     for number, step in enumerate(steps, 1):
       print(f'# {number}. {step.description}\n{shlex.join(step.argv)}')
     return
@@ -111,11 +111,11 @@ def run_slurm(args, config, env: dict[str, str]) -> None:
   options = launch_slurm.sbatch_options(args, job_name)
   devices = args.nodes * args.gpus_per_node
   check_workdir(args.workdir, args.nodes)
-  fit = check_fit(config, devices, processes=devices)  # one process per GPU (see launch_slurm.PROCESS_LAYOUT)
+  settings, fit = check_fit(config, devices, processes=devices)  # one process per GPU (see launch_slurm.PROCESS_LAYOUT)
   path, _, arg = args.config.partition(':')
   spec = os.path.abspath(path) + (f':{arg}' if arg else '')
   workdir = args.workdir if '://' in args.workdir else os.path.abspath(args.workdir)  # the script cds to the repo
-  header = [f'Written by: python -m tools.launch {shlex.join(args.argv)}', fit.summary(config)]
+  header = [f'Written by: python -m tools.launch {shlex.join(args.argv)}', fit.summary(settings)]
   script = launch_slurm.batch_script(args, options, env, spec, workdir, args.overrides, header)
   if args.dry_run:
     print(script, end='')

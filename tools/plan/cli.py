@@ -150,15 +150,15 @@ def _fits(names, planned_total: int, compiled_total: int, usable_fraction: float
   return table
 
 
-def _choose_plan(args, config, model_cfg, devices, target: accelerators.Accelerator, usable: int):
+def _choose_plan(args, settings, devices, target: accelerators.Accelerator, usable: int):
   """The given mesh's plan; without one, every mesh estimated and the suggested one."""
   from pretrain.runtime import sharding  # pylint: disable=g-import-not-at-top
   from tools.plan import mesh as plan_mesh  # pylint: disable=g-import-not-at-top
   if any(a.startswith(MESH_OVERRIDE) for a in args.overrides):
-    shape = dict(zip(sharding.MESH_AXES, sharding.resolve_mesh_shape(config.mesh, len(devices))))
-    return plan_mesh.plan_mesh(config, model_cfg, shape, devices), 'given'
+    shape = dict(zip(sharding.MESH_AXES, sharding.resolve_mesh_shape(settings.mesh, len(devices))))
+    return plan_mesh.plan_mesh(settings, shape, devices), 'given'
   _say(f'estimating every mesh of {len(devices)} devices (sized for {target.name}: {_size(usable)} usable) ...')
-  plans, rejected = plan_mesh.plan_candidates(config, model_cfg, devices)
+  plans, rejected = plan_mesh.plan_candidates(settings, devices)
   _print_candidates(plans, rejected, usable)
   plan, fits = plan_mesh.suggest(plans, usable)
   why = (f'the least communication that fits {target.name}' if fits else
@@ -167,24 +167,25 @@ def _choose_plan(args, config, model_cfg, devices, target: accelerators.Accelera
   return plan, 'suggested'
 
 
-def _print_remedies(config, model_cfg, plan, target: accelerators.Accelerator, usable: int) -> None:
+def _print_remedies(settings, plan, target: accelerators.Accelerator, usable: int) -> None:
   from tools.plan import mesh as plan_mesh  # pylint: disable=g-import-not-at-top
-  remedies = plan_mesh.memory_remedies(config, model_cfg, plan, usable)
+  remedies = plan_mesh.memory_remedies(settings, plan, usable)
   _say(f'does not fit {target.name} ({_size(usable)} usable); on this mesh it would (estimated) with: '
        + ('; '.join(f'{flag} ({_size(total)})' for flag, total in remedies) or 'no other remat policy, and no '
           'number of microbatches'))
 
 
-def _print_flops(config, model_cfg) -> tuple[float, float]:
+def _print_flops(settings) -> tuple[float, float]:
   """Prints the model FLOPs; returns (per token, per step)."""
+  from pretrain import trainer  # pylint: disable=g-import-not-at-top
   from pretrain.model import flops  # pylint: disable=g-import-not-at-top
-  args = (model_cfg, config.data.seq_len, config.objective, config.mlm.mask_prob,
-          config.mlm.sentence_task)
-  per_token, per_step = flops.train_flops_per_token(*args), flops.train_flops_per_step(config, model_cfg)
-  parts = ' + '.join(f'{k} {_si(flops.TRAIN_TO_FORWARD * v, "")}'
-                     for k, v in flops.forward_flops_breakdown(*args).items())
+  seq_len = settings.data.seq_len
+  breakdown = flops.forward_flops_breakdown(settings.model, seq_len,
+                                            settings.build_objective().predicted_per_sequence(seq_len))
+  per_token, per_step = trainer.flops_per_token(settings), trainer.flops_per_step(settings)
+  parts = ' + '.join(f'{k} {_si(flops.TRAIN_TO_FORWARD * v, "")}' for k, v in breakdown.items())
   _say(f'training FLOPs per token (forward + backward): {_si(per_token, "FLOP")} = {parts}; '
-       f'per step ({config.train.batch_size} x {config.data.seq_len} tokens): {_si(per_step, "FLOP")}')
+       f'per step ({settings.train.batch_size} x {seq_len} tokens): {_si(per_step, "FLOP")}')
   return per_token, per_step
 
 
@@ -198,18 +199,20 @@ def run(args: argparse.Namespace) -> dict:
   usable = target.usable_bytes(args.usable_fraction)
   config = load_config(args.config, args.overrides)
   import jax  # pylint: disable=g-import-not-at-top  # only now: the fake devices are set up
-  from pretrain.config_checks import validate  # pylint: disable=g-import-not-at-top
+  from pretrain.model import presets  # pylint: disable=g-import-not-at-top
+  from pretrain.settings import PretrainSettings  # pylint: disable=g-import-not-at-top
   from tools.plan.mesh import compile_step, compiled_memory  # pylint: disable=g-import-not-at-top
 
-  model_cfg = validate(config)
-  _say(f'plan: {args.config} on {args.devices} devices: {config.objective}, {model_cfg.variant}, '
+  settings = PretrainSettings.from_config(config)
+  model_cfg = settings.model
+  _say(f'plan: {args.config} on {args.devices} devices: {settings.objective}, {presets.describe(model_cfg)}, '
        f'{model_cfg.num_layers} layers x {model_cfg.hidden_size} ({model_cfg.num_heads} heads, mlp '
-       f'{model_cfg.mlp_dim}, vocab {model_cfg.vocab_size}), seq_len {config.data.seq_len}, batch '
-       f'{config.train.batch_size}, {model_cfg.dtype}, remat {model_cfg.remat_policy}')
-  plan, mesh_source = _choose_plan(args, config, model_cfg, jax.devices(), target, usable)
+       f'{model_cfg.mlp_dim}, vocab {model_cfg.vocab_size}), seq_len {settings.data.seq_len}, batch '
+       f'{settings.train.batch_size}, {model_cfg.dtype}, remat {model_cfg.remat_policy}')
+  plan, mesh_source = _choose_plan(args, settings, jax.devices(), target, usable)
   num_params = sum(leaf.size for leaf in jax.tree.leaves(plan.trainer.abstract_state['params']))
   _say(f'parameters: {num_params:,}')
-  per_token, per_step = _print_flops(config, model_cfg)
+  per_token, per_step = _print_flops(settings)
 
   _say(f'compiling the train step for the {mesh_source} mesh {plan.label} on {args.devices} fake CPU devices ...')
   executable, compile_s = compile_step(plan)
@@ -219,9 +222,9 @@ def run(args: argparse.Namespace) -> dict:
   fits = _fits([target.name] if args.accelerator else list(accelerators.ACCELERATORS), plan.estimate.total,
                compiled['total'], args.usable_fraction)
   if plan.estimate.total > usable and (args.accelerator or mesh_source == 'suggested'):
-    _print_remedies(config, model_cfg, plan, target, usable)
+    _print_remedies(settings, plan, target, usable)
   figures = {
-      'config': args.config, 'overrides': args.overrides, 'devices': args.devices, 'objective': config.objective,
+      'config': args.config, 'overrides': args.overrides, 'devices': args.devices, 'objective': settings.objective,
       'params': num_params, 'flops_per_token': per_token, 'flops_per_step': per_step,
       'mesh': plan.shape, 'mesh_source': mesh_source,
       'bytes_per_device': plan.estimate.as_dict(), 'compiled_bytes_per_device': compiled,

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from pretrain.model.config import ModelConfig
-from pretrain.objectives import max_predictions
+from pretrain.settings import PretrainSettings
 
 F32 = 4
 
@@ -56,7 +56,7 @@ def layer_intermediate_bytes(cfg: ModelConfig, seq_len: int, tensor: int) -> int
   """
   d, h, f, scores = _widths(cfg, seq_len, tensor)
   s = np.dtype(cfg.compute_dtype).itemsize
-  gelu_arrays = 6 if cfg.variant == 'gpt2' else 4
+  gelu_arrays = 6 if cfg.mlp == 'gelu_tanh' else 4
   return d * (6 * F32 + 2 * s + 2) + 4 * h * s + gelu_arrays * f * s + scores * (F32 + s)
 
 
@@ -96,25 +96,18 @@ def activation_bytes(cfg: ModelConfig, seq_len: int, local_batch: int, predicted
   return activations, max(layer_backward, logits) + embedding
 
 
-def predicted_per_sequence(config) -> int:
-  """Tokens per sequence that reach the output layer: every one for clm, the K masked slots for mlm."""
-  if config.objective == 'clm':
-    return config.data.seq_len
-  return max_predictions(config.data.seq_len, config.mlm.mask_prob)
-
-
-def estimate_memory(config, model_cfg: ModelConfig, abstract_state: dict, batch_abstract: dict,
+def estimate_memory(settings: PretrainSettings, abstract_state: dict, batch_abstract: dict,
                     mesh_shape: dict[str, int]) -> MemoryEstimate:
   """Per-device bytes of the train step: state and batch exact from their shardings, activations estimated.
 
   With train.microbatches k > 1 the activations are those of one microbatch (batch_size / k rows), and the
   gradients are held twice (the running sum and the microbatch's).
   """
-  microbatches = config.train.microbatches
-  local_batch = config.train.batch_size // microbatches // (mesh_shape['data'] * mesh_shape['fsdp'])
+  microbatches, seq_len = settings.train.microbatches, settings.data.seq_len
+  local_batch = settings.train.batch_size // microbatches // (mesh_shape['data'] * mesh_shape['fsdp'])
   params = sharded_bytes(abstract_state['params'])
-  activations, temporaries = activation_bytes(model_cfg, config.data.seq_len, local_batch,
-                                              predicted_per_sequence(config), mesh_shape)
+  predicted = settings.build_objective().predicted_per_sequence(seq_len)
+  activations, temporaries = activation_bytes(settings.model, seq_len, local_batch, predicted, mesh_shape)
   return MemoryEstimate(
       params=params,
       optimizer=sharded_bytes({k: v for k, v in abstract_state.items() if k != 'params'}),

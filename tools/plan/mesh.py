@@ -1,32 +1,18 @@
 """The (data, fsdp, tensor) meshes a config can run on, each with its exact state layout and estimated memory,
 and the one to suggest: the least communication that fits (pure data parallel, then fsdp, then tensor)."""
-import copy
 import dataclasses
 import time
 
 import jax
-import numpy as np
 
-from pretrain import config_checks
+from pretrain.model.config import REMAT_POLICIES, ModelConfig
 from pretrain.runtime import sharding
 from pretrain.runtime.errors import ConfigError, require
-from pretrain.model.config import REMAT_POLICIES, ModelConfig
-from pretrain.train import Trainer, batch_abstract, make_trainer
+from pretrain.settings import PretrainSettings, check_batch_split
+from pretrain.trainer import Trainer, make_trainer
 from tools.plan.memory import MemoryEstimate, estimate_memory
 
 TENSOR_SIZES = (1, 2, 4, 8)
-
-
-@dataclasses.dataclass(frozen=True)
-class SpecialIds:
-  """What make_trainer reads of a tokenizer (MLM masking); our SentencePiece models reserve ids 0-4. Which
-  pieces begin words (whole-word masking) changes no shape: every piece does here."""
-  vocab_size: int
-  mask_id: int = 4
-  special_ids: tuple[int, ...] = (0, 1, 2, 3, 4)
-
-  def word_starts(self) -> np.ndarray:
-    return np.ones(self.vocab_size, bool)
 
 
 @dataclasses.dataclass
@@ -47,19 +33,19 @@ class MeshPlan:
     return ' '.join(f'{axis}={size}' for axis, size in self.shape.items())
 
 
-def plan_mesh(config, model_cfg: ModelConfig, shape: dict[str, int], devices) -> MeshPlan:
-  """The trainer built exactly as training builds it on this mesh, and its memory per device.
+def plan_mesh(settings: PretrainSettings, shape: dict[str, int], devices) -> MeshPlan:
+  """The trainer built exactly as training builds it on this mesh (no tokenizer: MLM masks with the reserved
+  special ids, which changes no shape), and its memory per device.
 
   Raises ConfigError naming the field when the batch or a parameter does not divide over the mesh.
   """
   mesh = sharding.make_mesh(shape, devices)
-  rules = tuple(config.sharding_rules)
-  data_parallel = sharding.data_parallel_size(mesh, rules)
-  config_checks.check_batch_split(config, data_parallel)
+  rules = settings.sharding_rules
+  check_batch_split(settings, sharding.data_parallel_size(mesh, rules))
   with sharding.use_mesh_and_rules(mesh, rules):
-    trainer = make_trainer(config, model_cfg, mesh, SpecialIds(model_cfg.vocab_size))
-  batch = batch_abstract(config, trainer)
-  estimate = estimate_memory(config, model_cfg, trainer.abstract_state, batch, shape)
+    trainer = make_trainer(settings, mesh)
+  batch = trainer.abstract_batch
+  estimate = estimate_memory(settings, trainer.abstract_state, batch, shape)
   return MeshPlan(dict(shape), mesh, rules, trainer, batch, estimate)
 
 
@@ -76,24 +62,25 @@ def candidate_shapes(num_devices: int, model_cfg: ModelConfig) -> list[dict[str,
   return shapes
 
 
-def plan_candidates(config, model_cfg: ModelConfig, devices) -> tuple[list[MeshPlan], list[str]]:
+def plan_candidates(settings: PretrainSettings, devices) -> tuple[list[MeshPlan], list[str]]:
   """The meshes this config can run on (in order of communication), and why each other candidate cannot."""
   plans, rejected = [], []
+  model_cfg = settings.model
   shapes = candidate_shapes(len(devices), model_cfg)
   require(bool(shapes), f'model.num_heads: no tensor size in {TENSOR_SIZES} divides {len(devices)} devices, '
           f'model.num_heads {model_cfg.num_heads} and model.mlp_dim {model_cfg.mlp_dim}')
   for shape in shapes:
     try:
-      plans.append(plan_mesh(config, model_cfg, shape, devices))
+      plans.append(plan_mesh(settings, shape, devices))
     except ConfigError as e:
       rejected.append((shape, e))
   if not plans:
     first = str(rejected[0][1])
     if all(str(e).startswith('train.batch_size') for _, e in rejected):
-      k = config.train.microbatches
+      k = settings.train.microbatches
       sizes = sorted({s['data'] * s['fsdp'] for s, _ in rejected})
-      first = (f'train.batch_size: {config.train.batch_size} / train.microbatches {k} = '
-               f'{config.train.batch_size // k} rows per microbatch is not divisible by any data-parallel size '
+      first = (f'train.batch_size: {settings.train.batch_size} / train.microbatches {k} = '
+               f'{settings.train.batch_size // k} rows per microbatch is not divisible by any data-parallel size '
                f'(mesh.data * mesh.fsdp) of {len(devices)} devices: {sizes}')
     raise ConfigError(first)
   shapes_by_reason = {}
@@ -110,23 +97,22 @@ def suggest(plans: list[MeshPlan], usable_bytes: int) -> tuple[MeshPlan, bool]:
   return min(plans, key=lambda p: p.estimate.total), False
 
 
-def memory_remedies(config, model_cfg: ModelConfig, plan: MeshPlan, usable_bytes: int) -> list[tuple[str, int]]:
+def memory_remedies(settings: PretrainSettings, plan: MeshPlan, usable_bytes: int) -> list[tuple[str, int]]:
   """Overrides that bring the plan's estimate under usable_bytes, with the estimate: another remat policy,
   or the fewest microbatches (gradient accumulation: fewer rows in flight) that are enough."""
   data_parallel = plan.shape['data'] * plan.shape['fsdp']
 
   def estimate(remat_policy: str, microbatches: int) -> int:
-    changed = copy.deepcopy(config)
-    changed.model.remat_policy, changed.train.microbatches = remat_policy, microbatches
-    return estimate_memory(changed, dataclasses.replace(model_cfg, remat_policy=remat_policy),
-                           plan.trainer.abstract_state, plan.batch_abstract, plan.shape).total
+    changed = dataclasses.replace(settings, model=dataclasses.replace(settings.model, remat_policy=remat_policy),
+                                  train=dataclasses.replace(settings.train, microbatches=microbatches))
+    return estimate_memory(changed, plan.trainer.abstract_state, plan.batch_abstract, plan.shape).total
 
-  microbatches = config.train.microbatches
+  microbatches, batch_size, policy_now = settings.train.microbatches, settings.train.batch_size, settings.model.remat_policy
   remedies = [(f'--config.model.remat_policy={policy}', estimate(policy, microbatches))
-              for policy in REMAT_POLICIES if policy != model_cfg.remat_policy]
+              for policy in REMAT_POLICIES if policy != policy_now]
   k = 2 * microbatches
-  while config.train.batch_size % k == 0 and (config.train.batch_size // k) % data_parallel == 0:
-    total = estimate(model_cfg.remat_policy, k)
+  while batch_size % k == 0 and (batch_size // k) % data_parallel == 0:
+    total = estimate(policy_now, k)
     if total <= usable_bytes:
       remedies.append((f'--config.train.microbatches={k}', total))
       break

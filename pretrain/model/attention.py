@@ -1,0 +1,64 @@
+"""Self-attention. It receives the tokens' packed-segment ids and positions, never a prebuilt mask: the kernel
+builds what it needs from them (the XLA reference below a dense mask; a fused kernel would take the segment ids
+as they are), so a kernel can replace it without touching the block or the layer scan.
+
+segment_ids [batch, length]: 1, 2, ... per packed document, 0 for padding. A token sees only tokens of its own
+segment (padding sees only padding), and with model.causal only itself and earlier ones.
+"""
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from pretrain.model.config import ModelConfig
+from pretrain.model.layers import Dense, dropout, residual_init_scale
+from pretrain.runtime.sharding import constrain
+
+
+def attention_mask(segment_ids_bt: jax.Array, causal: bool) -> jax.Array:
+  """[batch, 1, q, k] bool: a token sees only its own packed segment (and, if causal, not the future)."""
+  mask_b1tt = segment_ids_bt[:, None, :, None] == segment_ids_bt[:, None, None, :]
+  if causal:
+    length = segment_ids_bt.shape[-1]
+    mask_b1tt = mask_b1tt & jnp.tril(jnp.ones((length, length), dtype=bool))
+  return mask_b1tt
+
+
+def xla_attention(q_btnh: jax.Array, k_btnh: jax.Array, v_btnh: jax.Array, segment_ids_bt: jax.Array, *,
+                  causal: bool, dropout_rate: float = 0.0, dropout_key: jax.Array | None = None) -> jax.Array:
+  """The reference kernel: softmax(q.k / sqrt(h) masked) . v, [batch, length, heads, head_dim].
+
+  Dropout on the attention probabilities (dropout_key given and dropout_rate > 0) needs them materialised: an
+  explicit softmax in float32. Otherwise jax.nn.dot_product_attention's XLA implementation.
+  """
+  mask_b1tt = attention_mask(segment_ids_bt, causal)
+  if dropout_key is None or dropout_rate == 0.0:
+    return jax.nn.dot_product_attention(q_btnh, k_btnh, v_btnh, mask=mask_b1tt)
+  head_dim = q_btnh.shape[-1]
+  scores_bnts = jnp.einsum('btnh,bsnh->bnts', q_btnh, k_btnh) / jnp.sqrt(head_dim).astype(q_btnh.dtype)
+  scores_bnts = jnp.where(mask_b1tt, scores_bnts.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+  probs_bnts = dropout(jax.nn.softmax(scores_bnts, axis=-1), dropout_rate, dropout_key).astype(v_btnh.dtype)
+  return jnp.einsum('bnts,bsnh->btnh', probs_bnts, v_btnh)
+
+
+class Attention(nnx.Module):
+  """Multi-head self-attention with separate q/k/v projections (heads sharded over 'tensor')."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.cfg = cfg
+    d, n, h = cfg.hidden_size, cfg.num_heads, cfg.head_dim
+    self.query = Dense((d,), (n, h), ('embed', 'heads', 'kv'), cfg, rngs)
+    self.key = Dense((d,), (n, h), ('embed', 'heads', 'kv'), cfg, rngs)
+    self.value = Dense((d,), (n, h), ('embed', 'heads', 'kv'), cfg, rngs)
+    self.out = Dense((n, h), (d,), ('heads', 'kv', 'embed'), cfg, rngs, init_scale=residual_init_scale(cfg))
+
+  def __call__(self, x_btd: jax.Array, segment_ids_bt: jax.Array, positions_bt: jax.Array,
+               dropout_key: jax.Array | None) -> jax.Array:
+    """positions_bt: each token's position within its document (rotary positions would read them)."""
+    del positions_bt  # learned positions are added to the embeddings
+    names = ('batch', 'length', 'act_heads', 'kv')
+    q_btnh = constrain(self.query(x_btd), names)
+    k_btnh = constrain(self.key(x_btd), names)
+    v_btnh = constrain(self.value(x_btd), names)
+    out_btnh = xla_attention(q_btnh, k_btnh, v_btnh, segment_ids_bt, causal=self.cfg.causal,
+                             dropout_rate=self.cfg.attention_dropout_rate, dropout_key=dropout_key)
+    return self.out(constrain(out_btnh, names))
