@@ -38,10 +38,19 @@ def tiny_model_config(objective: str = 'mlm', **overrides) -> ModelConfig:
   return ModelConfig.from_config(tiny_config(objective, **overrides).model)
 
 
-def build_data_error(config, **kwargs) -> str:
-  """The one-line ConfigError that pretrain.data.pipeline.build_data(config, **kwargs) raises."""
+def data_pipeline(config, **kwargs):
+  """pretrain.data.pipeline.build_data for a config, also a data-only one (sections data, model.vocab_size,
+  train.batch_size, seed, and mlm when it has one). kwargs: process_index, process_count, tokenizer."""
   from pretrain.data.pipeline import build_data  # pylint: disable=import-outside-toplevel
+  from pretrain.data.settings import DataSettings  # pylint: disable=import-outside-toplevel
+  sentence_task = config.mlm.sentence_task if 'mlm' in config else 'none'
+  return build_data(DataSettings.from_config(config.data), batch_size=config.train.batch_size,
+                    vocab_size=config.model.vocab_size, seed=config.seed, sentence_task=sentence_task, **kwargs)
+
+
+def build_data_error(config, **kwargs) -> str:
+  """The one-line ConfigError that data_pipeline(config, **kwargs) raises."""
   with pytest.raises(ConfigError) as e:
-    build_data(config, **kwargs)
+    data_pipeline(config, **kwargs)
   assert '\n' not in str(e.value)
   return str(e.value)

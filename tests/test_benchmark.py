@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from pretrain.config_checks import validate
 from pretrain.runtime import accelerators
-from pretrain.model import flops
 from pretrain.runtime.config_files import load_config
+from pretrain.settings import PretrainSettings
+from pretrain.trainer import flops_per_step
 from tests.helpers import CLM_CONFIG, MLM_CONFIG, TINY_OVERRIDES
 from tools.benchmark import cli as benchmark
 
@@ -32,7 +32,7 @@ def test_figures_follow_from_the_median_step_and_the_flop_counter(config_spec, c
   step_s = result['step_ms'] / 1000
   tokens = config.train.batch_size * config.data.seq_len  # 8 x 32
   assert result['tokens_per_sec'] == pytest.approx(tokens / step_s)
-  model_flops = flops.train_flops_per_step(config, validate(config))
+  model_flops = flops_per_step(PretrainSettings.from_config(config))
   devices = result['devices']  # the test session's 8 CPU devices, data parallel
   assert result['model_tflops_per_sec'] == pytest.approx(model_flops / step_s / devices / 1e12)
   assert result['mfu'] == pytest.approx(model_flops / step_s / (devices * 989e12))

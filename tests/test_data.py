@@ -11,8 +11,9 @@ from pydoc_data import topics
 from pretrain.data import sources
 from pretrain.runtime.errors import ConfigError
 from pretrain.data.tokenizer import Tokenizer, train_sentencepiece
-from pretrain.data.pipeline import DataPipeline, build_data, features
-from tests.helpers import build_data_error
+from pretrain.data.packing import features
+from pretrain.data.pipeline import DataPipeline
+from tests.helpers import build_data_error, data_pipeline
 
 SEQ_LEN = 64
 BATCH = 8
@@ -57,7 +58,7 @@ def config(corpus_dir, tokenizer_path):
 
 @pytest.fixture(scope='module')
 def pipeline(config) -> DataPipeline:
-  return build_data(config)
+  return data_pipeline(config)
 
 
 def take(it, n: int) -> list[dict[str, np.ndarray]]:
@@ -131,12 +132,12 @@ def test_each_epoch_visits_every_row_once_in_a_new_order(pipeline):
 
 
 def test_same_config_same_batches_other_seed_other_order(config, pipeline):
-  again = build_data(config)
+  again = data_pipeline(config)
   for a, b in zip(take(pipeline.train_iterator(), 3), take(again.train_iterator(), 3)):
     assert all(np.array_equal(a[k], b[k]) for k in a)
   for a, b in zip(pipeline.eval_batches(5), again.eval_batches(5)):
     assert np.array_equal(a['tokens'], b['tokens'])
-  other = build_data(make_config(config.data.source, config.data.tokenizer, seed=1))
+  other = data_pipeline(make_config(config.data.source, config.data.tokenizer, seed=1))
   assert not np.array_equal(next(other.train_iterator())['tokens'], next(pipeline.train_iterator())['tokens'])
 
 
@@ -145,7 +146,7 @@ def test_resume_from_saved_state_equals_uninterrupted(config, pipeline):
   take(it, 5)
   state = json.loads(json.dumps(it.get_state()))
   expected = take(it, 3)
-  resumed = build_data(config).train_iterator()
+  resumed = data_pipeline(config).train_iterator()
   resumed.set_state(state)
   for a, b in zip(expected, take(resumed, 3)):
     assert all(np.array_equal(a[k], b[k]) for k in a)
@@ -155,7 +156,7 @@ def test_resume_from_saved_state_equals_uninterrupted(config, pipeline):
 
 
 def test_two_processes_slice_each_global_batch(config, pipeline):
-  halves = [build_data(config, process_index=p, process_count=2) for p in range(2)]
+  halves = [data_pipeline(config, process_index=p, process_count=2) for p in range(2)]
   assert halves[0].tokenizer.to_bytes() == pipeline.tokenizer.to_bytes()
   full = take(pipeline.train_iterator(), 4)
   parts = [take(h.train_iterator(), 4) for h in halves]
@@ -180,23 +181,23 @@ def test_eval_batches_are_fixed_and_last_one_padded(pipeline):
 
 def test_tokenizer_is_trained_on_train_split_and_cached(corpus_dir):
   config = make_config(f'text:{corpus_dir}/*.txt', model__vocab_size=400)
-  first = build_data(config)
+  first = data_pipeline(config)
   cached = list((sources.cache_dir() / 'tokenizers').glob('*.model'))
   assert len(cached) == 1 and first.tokenizer.vocab_size == 400
   mtime = cached[0].stat().st_mtime_ns
-  second = build_data(config)
+  second = data_pipeline(config)
   assert second.tokenizer.to_bytes() == first.tokenizer.to_bytes()
   assert cached[0].stat().st_mtime_ns == mtime and len(list(cached[0].parent.glob('*.model'))) == 1
 
 
 def test_given_tokenizer_is_used_as_is(config, pipeline, tmp_path):
   cfg = make_config(config.data.source, tmp_path / 'missing.model')  # ignored: the checkpoint's one wins
-  resumed = build_data(cfg, tokenizer=pipeline.tokenizer)
+  resumed = data_pipeline(cfg, tokenizer=pipeline.tokenizer)
   assert np.array_equal(next(resumed.train_iterator())['tokens'], next(pipeline.train_iterator())['tokens'])
 
 
 def test_no_eval_split(config):
-  data = build_data(make_config(config.data.source, config.data.tokenizer, data__eval_fraction=0.0))
+  data = data_pipeline(make_config(config.data.source, config.data.tokenizer, data__eval_fraction=0.0))
   assert data.stats['eval_documents'] == data.stats['eval_rows'] == 0 and data.eval_batches(5) == []
   assert data.stats['train_documents'] == data.stats['documents']
 
@@ -207,14 +208,14 @@ def test_bad_files_are_counted_not_fatal(tmp_path, tokenizer_path):
   (tmp_path / 'c.txt').write_bytes(b'\x00\x01binary')
   (tmp_path / 'd.txt').write_bytes('latin-1 caf\xe9 '.encode('latin-1') * 200)
   (tmp_path / 'e.txt').write_text('x' * 5000)
-  data = build_data(make_config(f'text:{tmp_path}/*.txt', tokenizer_path, data__max_doc_chars=2000))
+  data = data_pipeline(make_config(f'text:{tmp_path}/*.txt', tokenizer_path, data__max_doc_chars=2000))
   s = data.stats
   assert (s['files'], s['skipped_empty'], s['skipped_binary'], s['replaced_undecodable']) == (5, 1, 1, 1)
   assert s['split_overlong'] == 2 and s['documents'] == s['train_documents'] + s['eval_documents']
 
 
 def test_worker_processes_give_the_same_batches_and_state(config, pipeline):
-  workers = build_data(make_config(config.data.source, config.data.tokenizer, data__num_workers=2))
+  workers = data_pipeline(make_config(config.data.source, config.data.tokenizer, data__num_workers=2))
   it = workers.train_iterator()
   try:
     got = take(it, 4)
@@ -226,7 +227,7 @@ def test_worker_processes_give_the_same_batches_and_state(config, pipeline):
 
 
 def test_default_source_end_to_end():
-  data = build_data(make_config('builtin:stdlib-docs', model__vocab_size=1000, data__eval_fraction=0.02))
+  data = data_pipeline(make_config('builtin:stdlib-docs', model__vocab_size=1000, data__eval_fraction=0.02))
   assert data.stats['documents'] > 500 and data.stats['eval_documents'] > 0
   batch = next(data.train_iterator())
   assert batch['tokens'].shape == (BATCH, SEQ_LEN) and batch['tokens'].max() < 1000
@@ -242,7 +243,7 @@ def test_config_errors_name_the_field(config, tmp_path, tokenizer_path):
   assert msg == 'train.batch_size: 6 is not divisible by the process count 4'
   msg = build_data_error(make_config(source, tokenizer_path, train__batch_size=100_000))
   assert msg.startswith('train.batch_size: 100000 exceeds') and 'data.source' in msg
-  assert build_data_error(make_config('web:example.com')).startswith('data.source: unknown source')
+  assert build_data_error(make_config('web:example.com')).startswith('data.source: unknown scheme')
   assert build_data_error(make_config(f'jsonl:{tmp_path}/*.jsonl')).startswith('data.source: no files match')
   assert build_data_error(make_config(source, tokenizer_path, data__eval_fraction=1.0)).startswith('data.eval_fraction')
   assert build_data_error(make_config(source, tokenizer_path, data__seq_len=1)).startswith('data.seq_len')

@@ -3,11 +3,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pretrain import objectives
+from pretrain import masking, objectives
 
 SPECIAL = (0, 1, 2, 3, 4)  # pad, unk, cls, sep, mask
 MASK_ID, VOCAB = 4, 1000
-SETTINGS = objectives.MlmSettings(mask_id=MASK_ID, special_ids=SPECIAL, random_vocab_size=VOCAB)
+SETTINGS = masking.Masking(mask_id=MASK_ID, special_ids=SPECIAL, random_vocab_size=VOCAB)
 
 
 def _batch(batch=64, length=128, seed=0):
@@ -21,9 +21,9 @@ def _batch(batch=64, length=128, seed=0):
 
 
 def _mask(batch, step=0, seed=0):
-  keys = objectives.example_keys(jax.random.key(seed), objectives.MASK_STREAM, jnp.asarray(step),
-                                 jnp.arange(batch['tokens'].shape[0]))
-  return objectives.mlm(batch, keys, SETTINGS)
+  keys = masking.example_keys(jax.random.key(seed), masking.MASK_STREAM, jnp.asarray(step),
+                              jnp.arange(batch['tokens'].shape[0]))
+  return masking.mlm(batch, keys, SETTINGS)
 
 
 def test_mlm_mask_statistics():
@@ -66,7 +66,7 @@ def test_mlm_masks_depend_on_seed_step_and_example_only():
 def test_clm_targets_stay_inside_segments():
   tokens = jnp.array([[10, 11, 12, 20, 21, 0, 0]])
   segments = jnp.array([[1, 1, 1, 2, 2, 0, 0]])
-  out = objectives.clm({'tokens': tokens, 'segment_ids': segments})
+  out = objectives.CausalLM().examples({'tokens': tokens, 'segment_ids': segments}, None, None, None)
   np.testing.assert_array_equal(out['targets'][0, :4], [11, 12, 20, 21])
   # 10->11, 11->12 and 20->21 count; 12->20 crosses documents; padding and the last position never count.
   np.testing.assert_array_equal(out['weights'][0], [1, 1, 0, 1, 0, 0, 0])

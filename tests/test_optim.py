@@ -14,14 +14,15 @@ from tests.helpers import tiny_config, tiny_model_config
 def test_schedule_warms_up_then_decays_to_the_end_value():
   train = tiny_config('mlm').train
   train.steps, train.warmup_steps, train.learning_rate = 100, 10, 1e-3
-  schedule = optim.learning_rate_schedule(train)
+  schedule = optim.learning_rate_schedule(optim.OptimizerSettings.pick(train))
   assert float(schedule(0)) == 0.0
   np.testing.assert_allclose(float(schedule(5)), 5e-4, rtol=1e-6)
   np.testing.assert_allclose(float(schedule(10)), 1e-3, rtol=1e-6)
   np.testing.assert_allclose(float(schedule(55)), 5e-4, rtol=1e-6)  # linear decay halfway
   np.testing.assert_allclose(float(schedule(100)), 0.0, atol=1e-9)
   train.schedule = 'cosine'
-  np.testing.assert_allclose(float(optim.learning_rate_schedule(train)(55)), 5e-4, rtol=1e-5)
+  np.testing.assert_allclose(float(optim.learning_rate_schedule(optim.OptimizerSettings.pick(train))(55)), 5e-4,
+                             rtol=1e-5)
 
 
 def test_weight_decay_skips_norms_and_biases():
@@ -35,7 +36,7 @@ def test_weight_decay_skips_norms_and_biases():
   # With zero gradients, only decayed parameters move.
   train = tiny_config('mlm').train
   train.warmup_steps, train.weight_decay = 0, 0.5
-  tx = optim.make_optimizer(train)
+  tx = optim.make_optimizer(optim.OptimizerSettings.pick(train))
   updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
   moved = jax.tree.map(lambda u: bool(jnp.any(u != 0)), updates)
   assert moved == mask
@@ -44,7 +45,7 @@ def test_weight_decay_skips_norms_and_biases():
 def test_gradients_are_clipped_to_the_global_norm():
   train = tiny_config('mlm').train
   train.warmup_steps, train.weight_decay, train.grad_clip_norm, train.b1 = 0, 0.0, 1.0, 0.9
-  tx = optim.make_optimizer(train)
+  tx = optim.make_optimizer(optim.OptimizerSettings.pick(train))
   params = {'w': jnp.zeros(4)}
   _, state = tx.update({'w': jnp.full(4, 100.0)}, tx.init(params), params)  # global norm 200
   adam_mu = state[1][0].mu['w']
@@ -57,4 +58,4 @@ def test_bad_optimizer_settings_name_the_field(field, value):
   train = tiny_config('mlm').train
   train[field] = value
   with pytest.raises(ConfigError, match=rf'train\.{field}'):
-    optim.make_optimizer(train)
+    optim.OptimizerSettings.pick(train)

@@ -5,10 +5,10 @@ import jax
 import pytest
 from flax import nnx
 
-from pretrain.config_checks import validate
-from pretrain.model import flops
-from pretrain.runtime import sharding
+from pretrain import trainer
 from pretrain.model.heads import LanguageModel
+from pretrain.runtime import sharding
+from pretrain.settings import PretrainSettings
 from tests.helpers import MLM_CONFIG, TINY_OVERRIDES, tiny_config
 from tools.plan import cli as plan
 from tools.plan.mesh import compile_step, compiled_memory, plan_candidates, plan_mesh, suggest
@@ -22,9 +22,8 @@ def _bytes_on(tree, device) -> int:
 
 @pytest.mark.parametrize('objective', ['mlm', 'clm'])
 def test_planned_state_is_the_real_states_and_the_total_is_near_the_compiled_steps(objective):
-  config = tiny_config(objective)
-  model_cfg = validate(config)
-  planned = plan_mesh(config, model_cfg, {'data': 2, 'fsdp': 2, 'tensor': 2}, jax.devices())
+  settings = PretrainSettings.from_config(tiny_config(objective))
+  planned = plan_mesh(settings, {'data': 2, 'fsdp': 2, 'tensor': 2}, jax.devices())
   with sharding.use_mesh_and_rules(planned.mesh, planned.rules):
     state = planned.trainer.init()
   for device in jax.devices():
@@ -37,8 +36,7 @@ def test_planned_state_is_the_real_states_and_the_total_is_near_the_compiled_ste
 
 
 def test_suggestion_is_pure_data_parallel_if_it_fits_then_the_least_fsdp():
-  config = tiny_config('clm')
-  plans, _ = plan_candidates(config, validate(config), jax.devices())
+  plans, _ = plan_candidates(PretrainSettings.from_config(tiny_config('clm')), jax.devices())
   data_parallel = plans[0]
   assert data_parallel.shape == {'data': 8, 'fsdp': 1, 'tensor': 1}
   assert suggest(plans, data_parallel.estimate.total) == (data_parallel, True)
@@ -58,10 +56,10 @@ def test_cli_on_another_device_count_suggests_a_mesh_and_ends_with_a_json_line(c
   assert figures['devices'] == 4 and figures['mesh'] == {'data': 4, 'fsdp': 1, 'tensor': 1}
   assert figures['mesh_source'] == 'suggested'
   assert figures['fits']['v5e']['planned'] and figures['fits']['v5e']['compiled']
-  model_cfg = validate(tiny_config('mlm'))
-  model = nnx.eval_shape(lambda: LanguageModel(model_cfg, nnx.Rngs(0)))
+  settings = PretrainSettings.from_config(tiny_config('mlm'))
+  model = nnx.eval_shape(lambda: LanguageModel(settings.model, nnx.Rngs(0)))
   assert figures['params'] == sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-  assert figures['flops_per_token'] == flops.train_flops_per_token(model_cfg, 32, 'mlm', 0.15)
+  assert figures['flops_per_token'] == trainer.flops_per_token(settings)
   compiled = figures['compiled_bytes_per_device']
   assert compiled['total'] == compiled['argument'] + compiled['output'] - compiled['alias'] + compiled['temp']
   assert 0 < figures['bytes_per_device']['total'] and figures['compile_s'] > 0

@@ -12,8 +12,9 @@ from pydoc_data import topics
 
 from pretrain import train
 from pretrain.data.tokenizer import Tokenizer, train_sentencepiece
-from pretrain.data.pipeline import build_data, pack, split_eval
-from tests.helpers import build_data_error, tiny_config
+from pretrain.data.packing import pack
+from pretrain.data.split import split_eval
+from tests.helpers import build_data_error, data_pipeline, tiny_config
 from tools import prepare_data
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -65,7 +66,7 @@ def make_config(source, tokenizer='', **data_overrides):
 
 @pytest.fixture(scope='module')
 def in_memory(corpus_dir, tokenizer_path):
-  return build_data(make_config(f'text:{corpus_dir}/*.txt', tokenizer_path))
+  return data_pipeline(make_config(f'text:{corpus_dir}/*.txt', tokenizer_path))
 
 
 def take(it, n):
@@ -88,7 +89,7 @@ def test_prepared_rows_equal_the_in_memory_pack_bit_for_bit(prepared_dir, in_mem
   assert {k: counts[k] for k in in_memory.stats if k != 'vocab_size'} == {
       k: v for k, v in in_memory.stats.items() if k != 'vocab_size'}
   assert (counts['skipped_empty'], counts['skipped_binary'], counts['documents']) == (1, 1, 31)
-  data = build_data(make_config(f'prepared:{prepared_dir}'))
+  data = data_pipeline(make_config(f'prepared:{prepared_dir}'))
   for name in ('train_rows', 'eval_rows'):
     expected, rows = getattr(in_memory, name), getattr(data, name)
     tokens, kind = rows.read(np.arange(len(rows)))
@@ -99,7 +100,7 @@ def test_prepared_rows_equal_the_in_memory_pack_bit_for_bit(prepared_dir, in_mem
 def test_batches_equal_the_in_memory_source_for_any_process_count(prepared_dir, in_memory, process_count):
   steps = in_memory.stats['train_rows'] // BATCH + 3  # into the second, reshuffled epoch
   expected = take(in_memory.train_iterator(), steps)
-  parts = [build_data(make_config(f'prepared:{prepared_dir}'), process_index=p, process_count=process_count)
+  parts = [data_pipeline(make_config(f'prepared:{prepared_dir}'), process_index=p, process_count=process_count)
            for p in range(process_count)]
   local = [take(part.train_iterator(), steps) for part in parts]
   assert all(b['tokens'].shape == (BATCH // process_count, SEQ_LEN) for b in local[-1])
@@ -111,7 +112,7 @@ def test_batches_equal_the_in_memory_source_for_any_process_count(prepared_dir, 
 
 
 def test_grain_worker_processes_give_the_same_batches(prepared_dir, in_memory):
-  data = build_data(make_config(f'prepared:{prepared_dir}', num_workers=2))
+  data = data_pipeline(make_config(f'prepared:{prepared_dir}', num_workers=2))
   it = data.train_iterator()
   try:
     got = take(it, 4)
@@ -123,11 +124,11 @@ def test_grain_worker_processes_give_the_same_batches(prepared_dir, in_memory):
 
 def test_resume_from_saved_iterator_state_gives_the_same_next_batches(prepared_dir):
   config = make_config(f'prepared:{prepared_dir}')
-  it = build_data(config).train_iterator()
+  it = data_pipeline(config).train_iterator()
   take(it, 5)
   state = json.loads(json.dumps(it.get_state()))
   expected = take(it, 3)
-  resumed = build_data(config).train_iterator()
+  resumed = data_pipeline(config).train_iterator()
   resumed.set_state(state)
   assert_same_batches(expected, take(resumed, 3))
 
@@ -143,7 +144,7 @@ def test_split_fallback_holds_out_one_document_like_split_eval(corpus_dir, token
   held = split_eval(docs, 1e-12)
   assert held.sum() == 1
   tokenizer = Tokenizer.from_file(tokenizer_path)
-  data = build_data(make_config(f'prepared:{tmp_path / "out"}', seq_len=48))
+  data = data_pipeline(make_config(f'prepared:{tmp_path / "out"}', seq_len=48))
   for rows, split_docs in ((data.train_rows, [d for d, h in zip(docs, held) if not h]),
                            (data.eval_rows, [d for d, h in zip(docs, held) if h])):
     expected = pack(split_docs, tokenizer, 48)
@@ -185,7 +186,7 @@ def test_training_on_a_bad_prepared_source_names_the_field(prepared_dir, tokeniz
   other = tmp_path / 'other.model'
   train_sentencepiece([topics.topics[k] for k in sorted(topics.topics)[40:80]], 400, other)
   assert build_data_error(make_config(source, other)).startswith(f"data.tokenizer: '{other}' is not the tokenizer")
-  assert build_data(make_config(source, tokenizer_path)).stats['train_rows'] > 0  # the same model is fine
+  assert data_pipeline(make_config(source, tokenizer_path)).stats['train_rows'] > 0  # the same model is fine
   msg = build_data_error(make_config(source), tokenizer=Tokenizer.from_file(other))  # a checkpoint's tokenizer
   assert msg.startswith(f"data.source: '{source}' was tokenized with")
   assert build_data_error(make_config(f'prepared:{tmp_path}/none')).startswith(

@@ -11,7 +11,8 @@ from pydoc_data import topics
 
 from pretrain.data import sentence_pairs
 from pretrain import train
-from pretrain.config_checks import check_resumable
+from pretrain.settings import PretrainSettings, check_resumable
+from pretrain.trainer import make_trainer
 from pretrain.runtime import sharding
 from pretrain.runtime.errors import ConfigError
 from pretrain.runtime.metrics_log import TIMING_FIELDS
@@ -161,10 +162,10 @@ def test_sentence_task_gradient_accumulation_equals_one_step_on_the_whole_batch(
     config.train.microbatches = microbatches
     mesh = sharding.make_mesh(config.mesh)
     with sharding.use_mesh_and_rules(mesh, config.sharding_rules):
-      trainer = train.make_trainer(config, train.validate(config), mesh, tok)
+      trainer = make_trainer(PretrainSettings.from_config(config), mesh, tok)
       batch = sharding.global_batch_from_local(local, trainer.batch_sharding)
       assert jax.tree.map(lambda a: (a.shape, a.sharding), batch) == jax.tree.map(
-          lambda a: (a.shape, a.sharding), train.batch_abstract(config, trainer))
+          lambda a: (a.shape, a.sharding), trainer.abstract_batch)
       results.append(jax.device_get(trainer.grads_step(trainer.init(), batch)))
   (grads_1, sums_1), (grads_2, sums_2) = results
   assert sums_1['sentence_weight_sum'] == sums_2['sentence_weight_sum'] == 7  # the padding row does not count
@@ -177,7 +178,7 @@ def test_sentence_task_gradient_accumulation_equals_one_step_on_the_whole_batch(
 def test_export_as_bert_for_pretraining_matches_transformers(runs, tmp_path):
   torch = pytest.importorskip('torch')
   transformers = pytest.importorskip('transformers')
-  from pretrain.model import load as model_load
+  from pretrain.model import load as model_load  # pylint: disable=import-outside-toplevel
   from tools.convert_checkpoint import cli as convert_checkpoint  # pylint: disable=import-outside-toplevel
   workdir = runs('sop')
   assert convert_checkpoint.main(['to-hf', '--checkpoint', str(workdir), '--out', str(tmp_path / 'hf'),
@@ -226,9 +227,9 @@ def test_resuming_with_another_sentence_task_names_the_field():
   saved = json.loads(config.to_json_best_effort())
   del saved['mlm']['sentence_task']  # a checkpoint written before the option existed: no sentence head
   with pytest.raises(ConfigError, match=r"^mlm\.sentence_task: 'nsp' differs from 'none' in the checkpoint at ckpt"):
-    check_resumable(config, saved, 'ckpt')
+    check_resumable(PretrainSettings.from_config(config), {'config': saved}, 'ckpt')
   config.mlm.sentence_task = 'none'
-  check_resumable(config, saved, 'ckpt')
+  check_resumable(PretrainSettings.from_config(config), {'config': saved}, 'ckpt')
 
 
 def test_prepared_sources_are_refused_for_sentence_pairs(monkeypatch, tmp_path):

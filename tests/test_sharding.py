@@ -10,13 +10,9 @@ from jax.sharding import PartitionSpec as P
 
 from pretrain.runtime import sharding
 from pretrain.runtime.errors import ConfigError
-from pretrain.train import make_trainer, validate
+from pretrain.settings import PretrainSettings
+from pretrain.trainer import make_trainer
 from tests.helpers import tiny_config
-
-
-class _Ids:
-  """The special ids the MLM objective needs (a Tokenizer stand-in for the step-only tests)."""
-  vocab_size, mask_id, special_ids = 512, 4, (0, 1, 2, 3, 4)
 
 
 def _mesh(config, devices):
@@ -25,7 +21,7 @@ def _mesh(config, devices):
 
 def _trainer(config, mesh):
   with sharding.use_mesh_and_rules(mesh, config.sharding_rules):
-    return make_trainer(config, validate(config), mesh, _Ids())
+    return make_trainer(PretrainSettings.from_config(config), mesh)  # MLM masks with the reserved ids 0-4
 
 
 def _batch(config, seed=0):

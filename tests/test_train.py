@@ -109,7 +109,7 @@ def _fails_before_compiling(monkeypatch, config, workdir, match):
     ({'data.source': 'text:/nonexistent/*.txt'}, r'data\.source.*/nonexistent/\*\.txt'),
     ({'data.tokenizer': '/nonexistent/spm.model'}, r'data\.tokenizer.*/nonexistent/spm\.model'),
     ({'data.seq_len': 100}, r'data\.seq_len: 100 exceeds model\.max_position_embeddings 64'),
-    ({'model.variant': 'gpt2'}, r"model\.variant: objective 'mlm' needs the 'bert' variant"),
+    ({'model.causal': True}, r"model\.causal: objective 'mlm' predicts masked tokens from both sides"),
     ({'train.schedule': 'exp'}, r'train\.schedule'),
     ({'mlm.mask_prob': 0.0}, r'mlm\.mask_prob'),
 ])

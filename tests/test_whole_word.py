@@ -1,4 +1,4 @@
-"""Whole-word masking: the word-start tables of real tokenizers, and objectives.mlm choosing whole words."""
+"""Whole-word masking: the word-start tables of real tokenizers, and masking.mlm choosing whole words."""
 import importlib.resources
 import pathlib
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from pydoc_data import topics
 
-from pretrain import objectives
+from pretrain import masking
 from pretrain.data.tokenizer import train_sentencepiece
-from pretrain.data.pipeline import features, pack
+from pretrain.data.packing import features, pack
 
 DOCS = [topics.topics[k] for k in sorted(topics.topics)[:40]]
 TEXT = 'An identifier occurring as an atom is a name.  See section Identifiers\nand keywords ✓ (e.g. "x[0]").'
@@ -67,19 +67,19 @@ def _packed_batch(tok, rows=48, length=128):
 
 
 def _settings(tok, word_starts):
-  return objectives.MlmSettings(mask_id=tok.mask_id, special_ids=tuple(tok.special_ids),
+  return masking.Masking(mask_id=tok.mask_id, special_ids=tuple(tok.special_ids),
                                 random_vocab_size=tok.vocab_size,
                                 word_starts=None if word_starts is None else tuple(word_starts.tolist()))
 
 
 def _mask(batch, settings, step=0):
-  keys = objectives.example_keys(jax.random.key(0), objectives.MASK_STREAM, jnp.asarray(step),
+  keys = masking.example_keys(jax.random.key(0), masking.MASK_STREAM, jnp.asarray(step),
                                  jnp.arange(batch['tokens'].shape[0]))
-  return jax.device_get(jax.jit(objectives.mlm, static_argnums=2)(batch, keys, settings))
+  return jax.device_get(jax.jit(masking.mlm, static_argnums=2)(batch, keys, settings))
 
 
 def _reference_words(tokens, segments, starts, special) -> list[list[int]]:
-  """Token positions of each word, by the rule objectives.whole_words documents."""
+  """Token positions of each word, by the rule masking.whole_words documents."""
   words = []
   for t in range(len(tokens)):
     if (t == 0 or starts[tokens[t]] or tokens[t] in special or tokens[t - 1] in special
