@@ -1,11 +1,16 @@
-"""Tiny pretraining checkpoints made by the real trainer, shared by the conversion and tool tests."""
+"""Tiny pretraining checkpoints made by the real trainer, shared by the conversion, fine-tuning and tool tests."""
 import pathlib
 
 from pretrain import train
 from tests.helpers import tiny_config
 
+# What "trained" means for a parity test: weights far from their near-zero initialisation, so that the MLP's
+# pre-activations reach the range where an erf and a tanh GELU differ (a swap then shows in the logits).
+TRAINED = {'steps': 30, 'learning_rate': 3e-2}
 
-def pretrain_checkpoint(workdir: pathlib.Path, objective: str = 'mlm', steps: int = 3) -> pathlib.Path:
+
+def pretrain_checkpoint(workdir: pathlib.Path, objective: str = 'mlm', steps: int = 3,
+                        learning_rate: float | None = None) -> pathlib.Path:
   """The workdir of a real `steps`-step run of the tiny config on the built-in corpus (no dropout).
 
   steps=0 keeps the random initialisation: one step whose learning rate is 0 (the first warmup step).
@@ -14,9 +19,28 @@ def pretrain_checkpoint(workdir: pathlib.Path, objective: str = 'mlm', steps: in
   config.model.dropout_rate = 0.0
   config.train.steps = max(steps, 1)
   config.train.warmup_steps = 1 if steps == 0 else 1 + steps // 2
+  if learning_rate is not None:
+    config.train.learning_rate = learning_rate
   config.train.log_every = 1
   config.train.eval_every = 1000
   config.train.eval_batches = 1
   config.train.checkpoint_every = 1000
   train.run(config, str(workdir))
   return workdir
+
+
+class CheckpointFactory:
+  """Each distinct (objective, steps, learning_rate) is trained once and then reused."""
+
+  def __init__(self, root: pathlib.Path):
+    self.root, self.made = root, {}
+
+  def __call__(self, objective: str = 'mlm', steps: int = 3, learning_rate: float | None = None) -> pathlib.Path:
+    key = (objective, steps, learning_rate)
+    if key not in self.made:
+      name = f'{objective}-{steps}' + (f'-lr{learning_rate:g}' if learning_rate is not None else '')
+      self.made[key] = pretrain_checkpoint(self.root / name, objective, steps, learning_rate)
+    return self.made[key]
+
+  def trained(self, objective: str) -> pathlib.Path:
+    return self(objective, **TRAINED)

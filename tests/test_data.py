@@ -179,7 +179,8 @@ def test_eval_batches_are_fixed_and_last_one_padded(pipeline):
   assert pipeline.stats['eval_tokens'] == int((tokens != pipeline.tokenizer.pad_id).sum())
 
 
-def test_tokenizer_is_trained_on_train_split_and_cached(corpus_dir):
+def test_tokenizer_is_trained_on_train_split_and_cached(corpus_dir, empty_cache):
+  del empty_cache  # counts the tokenizers in the cache
   config = make_config(f'text:{corpus_dir}/*.txt', model__vocab_size=400)
   first = data_pipeline(config)
   cached = list((sources.cache_dir() / 'tokenizers').glob('*.model'))

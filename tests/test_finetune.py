@@ -15,22 +15,16 @@ import pytest
 from configs import finetune_glue
 from finetune import train
 from finetune.tasks import TASKS
-from pretrain import train as pretrain
 from pretrain.runtime.errors import ConfigError
 from tests.glue_fixtures import write_glue_dir, write_task
-from tests.helpers import tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SUBMISSION_FILES = sorted(f'{name}.tsv' for t in TASKS.values() for name in t.test_files)
 
 
 @pytest.fixture(scope='module')
-def checkpoint(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('pretrained')
-  config = tiny_config('mlm')
-  config.train.steps, config.train.eval_every, config.train.checkpoint_every = 4, 4, 4
-  pretrain.run(config, str(workdir))
-  return workdir
+def checkpoint(checkpoints):
+  return checkpoints('mlm', steps=3)  # a tiny bert pretrained for 3 steps (the session's)
 
 
 @pytest.fixture(scope='module')
@@ -126,12 +120,9 @@ def test_finetuning_learns_a_learnable_task(checkpoint, tmp_path):
   assert results['epochs'][-1]['train_loss'] < results['epochs'][0]['train_loss']
 
 
-def test_a_gpt2_step_dir_from_scratch_and_mean_pooling_on_another_mesh_work(checkpoint, glue, tmp_path):
-  clm = tiny_config('clm')
-  clm.train.steps, clm.train.eval_every, clm.train.checkpoint_every = 2, 2, 2
-  pretrain.run(clm, str(tmp_path / 'clm'))
-  runs = [(str(tmp_path / 'clm' / 'checkpoints' / '2'), False, 'auto'), (str(tmp_path / 'clm'), True, 'auto'),
-          (str(checkpoint), False, 'mean')]
+def test_a_gpt2_step_dir_from_scratch_and_mean_pooling_on_another_mesh_work(checkpoint, checkpoints, glue, tmp_path):
+  clm = checkpoints('clm', steps=3)
+  runs = [(str(clm / 'checkpoints' / '3'), False, 'auto'), (str(clm), True, 'auto'), (str(checkpoint), False, 'mean')]
   for i, (init_checkpoint, from_scratch, pooling) in enumerate(runs):
     config = _small('rte')
     config.init_checkpoint, config.from_scratch, config.pooling = init_checkpoint, from_scratch, pooling
@@ -139,8 +130,8 @@ def test_a_gpt2_step_dir_from_scratch_and_mean_pooling_on_another_mesh_work(chec
     if pooling == 'mean':  # the checkpoint was written on a (data=8) mesh: restore it sharded 2 x 2 x 2
       config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 2
     results = train.run(config, str(tmp_path / f'run{i}'))
-    assert results['init_checkpoint'] == (None if from_scratch else str(tmp_path / 'clm' / 'checkpoints' / '2')
-                                          if i < 2 else str(checkpoint / 'checkpoints' / '4'))
+    assert results['init_checkpoint'] == (None if from_scratch else str(clm / 'checkpoints' / '3')
+                                          if i < 2 else str(checkpoint / 'checkpoints' / '3'))
     assert 0 <= results['dev']['accuracy'] <= 1
 
 

@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.checkpoint_fixtures import pretrain_checkpoint
 from pretrain.model import load as model_load
 from tools import export_embeddings
 from tools import fill_mask
@@ -21,22 +20,21 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 LENGTH = 24  # prompt + new tokens in the generate tests: one buffer shape, so one compilation
 
 
-@pytest.fixture(scope='module')
-def clm(tmp_path_factory, fresh_cache):
-  del fresh_cache  # the tokenizer cache of this module
-  workdir = pretrain_checkpoint(tmp_path_factory.mktemp('clm'), 'clm', steps=30)
-  hf_dir = tmp_path_factory.mktemp('hf') / 'clm'
+def _with_hf_export(workdir, tmp_path_factory, name):
+  hf_dir = tmp_path_factory.mktemp('hf') / name
   export(str(workdir), str(hf_dir))
   return workdir, model_load.load_checkpoint(str(workdir)), hf_dir
 
 
 @pytest.fixture(scope='module')
-def mlm(tmp_path_factory, fresh_cache):
-  del fresh_cache
-  workdir = pretrain_checkpoint(tmp_path_factory.mktemp('mlm'), 'mlm', steps=10)
-  hf_dir = tmp_path_factory.mktemp('hf') / 'mlm'
-  export(str(workdir), str(hf_dir))
-  return workdir, model_load.load_checkpoint(str(workdir)), hf_dir
+def clm(checkpoints, tmp_path_factory):
+  """(workdir, loaded checkpoint, its Hugging Face export) of the session's trained tiny gpt2."""
+  return _with_hf_export(checkpoints.trained('clm'), tmp_path_factory, 'clm')
+
+
+@pytest.fixture(scope='module')
+def mlm(checkpoints, tmp_path_factory):
+  return _with_hf_export(checkpoints.trained('mlm'), tmp_path_factory, 'mlm')
 
 
 @pytest.fixture(scope='module')

@@ -9,7 +9,7 @@ from flax import nnx
 
 from pretrain.runtime.errors import ConfigError
 from pretrain.model.config import ModelConfig
-from pretrain.model.heads import LanguageModel
+from pretrain.model.heads import Classifier, LanguageModel
 from tests.helpers import tiny_config, tiny_model_config
 
 B, T = 2, 16
@@ -36,7 +36,7 @@ def test_logits_shape_and_dtype(objective):
   np.testing.assert_allclose(gathered[1, 2], logits[1, 15], atol=2e-2)
 
 
-def test_variants_have_their_parts():
+def test_presets_have_their_parts():
   bert, gpt2 = _model('mlm'), _model('clm')
   assert bert.encoder.type_embed is not None and bert.encoder.pooler is not None and bert.mlm_head is not None
   assert bert.encoder.embed_norm is not None and bert.encoder.final_norm is None
@@ -88,7 +88,7 @@ def test_dropout_only_with_a_key():
   assert not np.allclose(model(tokens, dropout_key=k1), model(tokens))
 
 
-@pytest.mark.parametrize('policy', ['full', 'dots_saveable'])
+@pytest.mark.parametrize('policy', ['full', 'dots_saveable', 'dots_with_no_batch_dims'])
 def test_remat_changes_nothing_but_memory(policy):
   tokens = _tokens()
 
@@ -115,3 +115,23 @@ def test_bad_model_settings_name_the_field(field, value, message):
   config.model[field] = value
   with pytest.raises(ConfigError, match=re.escape(message)):
     ModelConfig.from_config(config.model)
+
+
+@pytest.mark.parametrize('objective,pooling,pooled_by', [('clm', 'auto', 'last'), ('mlm', 'auto', 'pooler'),
+                                                        ('mlm', 'mean', 'mean'), ('clm', 'mean', 'mean')])
+def test_the_classifier_pools_the_tokens_its_pooling_names(objective, pooling, pooled_by):
+  """gpt2 (auto): the hidden state of the last real token; bert (auto): the pooler over the first token; mean:
+  the mean over the real tokens only. Whatever the padding holds, the pooled vector stays the same."""
+  cfg = tiny_model_config(objective)
+  model = Classifier(cfg, 3, nnx.Rngs(0), pooling)
+  assert model.pooling == pooled_by
+  hidden = jax.random.normal(jax.random.key(0), (2, 6, cfg.hidden_size))
+  segments = jnp.array([[1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0]])  # 4 and 2 real tokens
+  expected = {
+      'last': lambda: jnp.stack([hidden[0, 3], hidden[1, 1]]),
+      'mean': lambda: jnp.stack([hidden[0, :4].mean(0), hidden[1, :2].mean(0)]),
+      'pooler': lambda: jnp.tanh(hidden[:, 0] @ model.encoder.pooler.kernel[...] + model.encoder.pooler.bias[...]),
+  }[pooled_by]()
+  np.testing.assert_allclose(model.pool(hidden, segments), expected, atol=1e-6)
+  padding_changed = hidden.at[0, 4:].set(100.0).at[1, 2:].set(-100.0)
+  np.testing.assert_array_equal(model.pool(padding_changed, segments), model.pool(hidden, segments))

@@ -17,7 +17,6 @@ from pretrain.runtime import sharding
 from pretrain.runtime.errors import ConfigError
 from pretrain.runtime.metrics_log import TIMING_FIELDS
 from pretrain.data.tokenizer import train_sentencepiece
-from tests.checkpoint_fixtures import pretrain_checkpoint
 from tests.helpers import tiny_config
 
 DOCS = [topics.topics[k] for k in sorted(topics.topics)[:40]]
@@ -195,11 +194,12 @@ def test_export_as_bert_for_pretraining_matches_transformers(runs, tmp_path):
   assert 'sentence_head' in loaded.params  # the tools load the whole pretraining model
 
 
-def test_continued_pretraining_from_an_mlm_only_checkpoint_adds_a_fresh_sentence_head(tmp_path):
+def test_continued_pretraining_from_an_mlm_only_checkpoint_adds_a_fresh_sentence_head(checkpoints, tmp_path):
   from pretrain.model import load as model_load  # pylint: disable=import-outside-toplevel
-  before = model_load.load_checkpoint(str(pretrain_checkpoint(tmp_path / 'mlm', 'mlm', steps=1)))
+  mlm_only = checkpoints('mlm', steps=0)
+  before = model_load.load_checkpoint(str(mlm_only))
   config = _config('nsp', steps=1)
-  config.init_checkpoint = str(tmp_path / 'mlm')
+  config.init_checkpoint = str(mlm_only)
   config.train.warmup_steps, config.train.eval_batches = 1, 1
   train.run(config, str(tmp_path / 'nsp'))
   after = model_load.load_checkpoint(str(tmp_path / 'nsp'))

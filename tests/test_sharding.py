@@ -89,7 +89,8 @@ def _run_steps(config, devices, steps=2):
 
 def _assert_same_training(reference, other):
   (grads_a, metrics_a, params_a), (grads_b, metrics_b, params_b) = reference, other
-  for key in ('loss', 'accuracy', 'grad_norm'):
+  assert metrics_a.keys() == metrics_b.keys() and {'loss', 'grad_norm'} <= metrics_a.keys()
+  for key in metrics_a.keys() & {'loss', 'accuracy', 'grad_norm'}:  # CLM reports no train accuracy
     np.testing.assert_allclose(metrics_a[key], metrics_b[key], rtol=2e-5, err_msg=key)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grads_a, grads_b)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), params_a, params_b)
@@ -145,17 +146,24 @@ def test_parameter_not_divisible_by_its_mesh_axis_names_the_parameter():
 
 
 def test_bfloat16_compute_with_remat_trains_float32_parameters_on_the_mesh():
+  """bfloat16 compute with remat learns as float32 does. A step reports the loss of the parameters it starts from,
+  so the first step's loss shows no update at all: compare the losses of the next three steps, after 1-3 updates
+  on the same batch, and check that they fall."""
   losses = {}
   for dtype, remat in (('float32', 'none'), ('bfloat16', 'dots_saveable')):
     config = _three_axis_config('clm')
     config.model.dtype, config.model.remat_policy = dtype, remat
+    config.train.warmup_steps, config.train.learning_rate = 0, 3e-3
     mesh = _mesh(config, jax.devices())
     trainer = _trainer(config, mesh)
     with sharding.use_mesh_and_rules(mesh, config.sharding_rules):
       state = trainer.init()
-      state, metrics = trainer.train_step(state, sharding.global_batch_from_local(_batch(config),
-                                                                                 trainer.batch_sharding))
+      batch = sharding.global_batch_from_local(_batch(config), trainer.batch_sharding)
+      losses[dtype] = []
+      for _ in range(4):
+        state, metrics = trainer.train_step(state, batch)
+        losses[dtype].append(float(metrics['loss']))
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(state['params']))
-    losses[dtype] = float(metrics['loss'])
-  assert np.isfinite(losses['bfloat16'])
-  np.testing.assert_allclose(losses['bfloat16'], losses['float32'], rtol=2e-2)
+  assert losses['float32'][0] - losses['float32'][3] > 0.3, losses  # each update lowers it by 0.17-0.28
+  # Measured: 1.2e-4 relative apart. Updates lost in bfloat16 would leave its loss 0.28 (4.5%) above after one.
+  np.testing.assert_allclose(losses['bfloat16'][1:], losses['float32'][1:], rtol=1e-3)

@@ -56,22 +56,27 @@ class KindRows:
     return features(tokens, kind)
 
 
-@dataclasses.dataclass
-class PackedRows(KindRows):
-  tokens: np.ndarray  # [rows, seq_len] int32
-  kind: np.ndarray  # [rows, seq_len] int8: START, CONT or PAD
-  pad_id: int
+class ArrayRows:
+  """Rows held in memory as a [rows, seq_len] token array."""
+  tokens: np.ndarray
 
   @property
   def seq_len(self) -> int:
     return self.tokens.shape[1]
 
+  def __len__(self) -> int:
+    return len(self.tokens)
+
+
+@dataclasses.dataclass
+class PackedRows(ArrayRows, KindRows):
+  tokens: np.ndarray  # [rows, seq_len] int32
+  kind: np.ndarray  # [rows, seq_len] int8: START, CONT or PAD
+  pad_id: int
+
   @property
   def num_tokens(self) -> int:
     return int((self.kind != PAD).sum())
-
-  def __len__(self) -> int:
-    return len(self.tokens)
 
   def read(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return self.tokens[ids], self.kind[ids]

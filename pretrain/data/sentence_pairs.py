@@ -20,8 +20,9 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from pretrain.runtime.errors import require
+from pretrain.data.packing import ArrayRows
 from pretrain.data.tokenizer import text_batches
+from pretrain.runtime.errors import require
 
 TASKS = ('none', 'nsp', 'sop')
 _ENCODE_CHUNK = 4096  # sentences encoded per call (at most; see text_batches)
@@ -49,7 +50,7 @@ def split_sentences(text: str) -> list[str]:
 
 
 @dataclasses.dataclass
-class PairRows:
+class PairRows(ArrayRows):
   """Sentence-pair rows; `batch(ids)` gives their features (ids past the end: all-padding rows)."""
   tokens: np.ndarray  # [rows, seq_len] int32: [CLS] A [SEP] B [SEP], then pad_id
   token_types: np.ndarray  # [rows, seq_len] int8: 0 up to the first [SEP], 1 after it, 0 for padding
@@ -58,15 +59,8 @@ class PairRows:
   pad_id: int
 
   @property
-  def seq_len(self) -> int:
-    return self.tokens.shape[1]
-
-  @property
   def num_tokens(self) -> int:
     return int(self.lengths.sum())
-
-  def __len__(self) -> int:
-    return len(self.tokens)
 
   def batch(self, ids: np.ndarray) -> dict[str, np.ndarray]:
     """tokens, segment_ids, positions, token_types [len(ids), seq_len] and sentence_labels [len(ids), 1]."""

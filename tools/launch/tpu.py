@@ -15,7 +15,7 @@ import shlex
 
 from pretrain.runtime.errors import require
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]  # the repository
 # What a worker needs to `pip install -e .` and train (scripts/ for setup_env.sh).
 REPO_PARTS = ('pyproject.toml', 'README.md', 'pretrain', 'finetune', 'configs', 'tools', 'scripts')
 VENV_PYTHON = '.venv/bin/python'  # the environment scripts/setup_env.sh makes in the repository
