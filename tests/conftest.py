@@ -5,7 +5,10 @@ command, what CI runs). Expensive material is made once per session and shared: 
 tokenizers trained on it (one FLAX_PRETRAIN_CACHE for the session), and tiny pretraining checkpoints
 (`checkpoints`, tests/checkpoint_fixtures.py). Which test covers which README claim: tests/README.md.
 """
+import atexit
 import os
+import shutil
+import tempfile
 
 # The 8 fake devices are threads on (in CI) 2 cores: when the machine is busy a collective can wait for its
 # threads longer than XLA's 40 s default, which aborts the process; give it 10 minutes.
@@ -13,6 +16,14 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_
                            ' --xla_cpu_collective_call_terminate_timeout_seconds=600'
                            ' --xla_cpu_collective_timeout_seconds=600').strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# Most tests compile the same tiny programs (and every restart of a killed run compiles its program again): one
+# persistent XLA compilation cache for the session, which the tests' subprocesses inherit. A hit returns the
+# executable the same program compiled to before, so results do not change; compiling is most of a tiny run's time.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='flax-pretrain-tests-xla-cache-')
+  atexit.register(shutil.rmtree, os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
+os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '-1'
 
 import pytest  # noqa: E402
 

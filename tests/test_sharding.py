@@ -1,5 +1,6 @@
 """Sharding: parameters laid out as the rules say; data, fsdp, tensor and mixed meshes train exactly like one
 device; gradient accumulation equals one step on the whole batch."""
+import functools
 import math
 
 import jax
@@ -100,15 +101,24 @@ def _assert_same_training(reference, other):
 MESHES = {'data': (8, 1, 1), 'fsdp': (1, 8, 1), 'tensor': (1, 1, 4), 'data+fsdp+tensor': (2, 2, 2)}
 
 
+def _dropout_config(objective: str, mesh: tuple[int, int, int]):
+  config = tiny_config(objective)
+  config.model.dropout_rate = 0.1  # dropout draws must not depend on the layout either
+  config.mesh.data, config.mesh.fsdp, config.mesh.tensor = mesh
+  return config
+
+
+@functools.cache
+def _one_device(objective: str):
+  """The reference run on one device (shared by the layouts of one objective)."""
+  return _run_steps(_dropout_config(objective, (1, 1, 1)), jax.devices()[:1])
+
+
 @pytest.mark.parametrize('objective,layout', [('mlm', name) for name in MESHES] + [('clm', 'data+fsdp+tensor')])
 def test_sharded_training_equals_one_device(objective, layout):
   """Loss, gradients and the parameters after two steps do not depend on how the mesh splits the work."""
-  config = tiny_config(objective)
-  config.model.dropout_rate = 0.1  # dropout draws must not depend on the layout either
-  config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, 1, 1
-  reference = _run_steps(config, jax.devices()[:1])
-  config.mesh.data, config.mesh.fsdp, config.mesh.tensor = MESHES[layout]
-  _assert_same_training(reference, _run_steps(config, jax.devices()[:math.prod(MESHES[layout])]))
+  config = _dropout_config(objective, MESHES[layout])
+  _assert_same_training(_one_device(objective), _run_steps(config, jax.devices()[:math.prod(MESHES[layout])]))
 
 
 @pytest.mark.parametrize('objective', ['mlm', 'clm'])

@@ -273,8 +273,8 @@ def run_soak(config: str, overrides: Sequence[str], root: pathlib.Path, kills: i
   soak_s = time.monotonic() - start
   compare(reference, killed, steps)
   report = Report(done, steps, reference_s, soak_s)
-  say(f'identical after {len(done)} kill{"" if len(done) == 1 else "s"}: parameters, optimizer state, step, RNG, data position and every '
-      f'logged loss; {json.dumps(report.summary())}')
+  say(f'identical after {len(done)} kill{"" if len(done) == 1 else "s"}: parameters, optimizer state, step, RNG, '
+      f'data position and every logged loss; {json.dumps(report.summary())}')
   return report
 
 

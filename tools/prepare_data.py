@@ -6,9 +6,10 @@
 The source (any of pretrain/data/sources.py) is streamed in chunks through W tokenizer processes, in order, so
 memory stays bounded and the output is deterministic; the rows are bit for bit those the in-memory pipeline packs
 (pretrain/data/prepared_writer.py). DIR is written to a temporary directory and renamed into place when
-complete; its layout and record format are in pretrain/data/prepared.py. prepared.json: format, version, source, seq_len, tokenizer ('tokenizer.model', a copy of --tokenizer),
-vocab_size, token_dtype, eval_fraction, max_doc_chars, counts (documents, skipped ones by reason, split
-documents, rows and tokens, shards) and shards (file names per split). Exit status 2 on bad input.
+complete; its layout and record format are in pretrain/data/prepared.py. prepared.json: format, version, source,
+seq_len, tokenizer ('tokenizer.model', a copy of --tokenizer), vocab_size, token_dtype, eval_fraction,
+max_doc_chars, counts (documents, skipped ones by reason, split documents, rows and tokens, shards) and shards
+(file names per split). Exit status 2 on bad input.
 """
 
 from __future__ import annotations

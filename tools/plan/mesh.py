@@ -107,7 +107,8 @@ def memory_remedies(settings: PretrainSettings, plan: MeshPlan, usable_bytes: in
                                   train=dataclasses.replace(settings.train, microbatches=microbatches))
     return estimate_memory(changed, plan.trainer.abstract_state, plan.batch_abstract, plan.shape).total
 
-  microbatches, batch_size, policy_now = settings.train.microbatches, settings.train.batch_size, settings.model.remat_policy
+  microbatches, batch_size = settings.train.microbatches, settings.train.batch_size
+  policy_now = settings.model.remat_policy
   remedies = [(f'--config.model.remat_policy={policy}', estimate(policy, microbatches))
               for policy in REMAT_POLICIES if policy != policy_now]
   k = 2 * microbatches
