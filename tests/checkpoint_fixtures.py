@@ -1,5 +1,7 @@
 """Tiny pretraining checkpoints made by the real trainer, shared by the conversion, fine-tuning and tool tests."""
+import fcntl
 import pathlib
+import shutil
 
 from pretrain import train
 from tests.helpers import tiny_config
@@ -30,17 +32,22 @@ def pretrain_checkpoint(workdir: pathlib.Path, objective: str = 'mlm', steps: in
 
 
 class CheckpointFactory:
-  """Each distinct (objective, steps, learning_rate) is trained once and then reused."""
+  """Each distinct (objective, steps, learning_rate) is trained once and then reused, also across the processes
+  of a pytest-xdist run that share `root`: a lock file per checkpoint, and a `done` marker once it is whole."""
 
   def __init__(self, root: pathlib.Path):
-    self.root, self.made = root, {}
+    self.root = root
 
   def __call__(self, objective: str = 'mlm', steps: int = 3, learning_rate: float | None = None) -> pathlib.Path:
-    key = (objective, steps, learning_rate)
-    if key not in self.made:
-      name = f'{objective}-{steps}' + (f'-lr{learning_rate:g}' if learning_rate is not None else '')
-      self.made[key] = pretrain_checkpoint(self.root / name, objective, steps, learning_rate)
-    return self.made[key]
+    name = f'{objective}-{steps}' + (f'-lr{learning_rate:g}' if learning_rate is not None else '')
+    workdir = self.root / name
+    with open(self.root / f'{name}.lock', 'w') as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+      if not (self.root / f'{name}.done').exists():
+        shutil.rmtree(workdir, ignore_errors=True)  # what a crashed maker left
+        pretrain_checkpoint(workdir, objective, steps, learning_rate)
+        (self.root / f'{name}.done').touch()
+    return workdir
 
   def trained(self, objective: str) -> pathlib.Path:
     return self(objective, **TRAINED)

@@ -7,6 +7,7 @@ tokenizers trained on it (one FLAX_PRETRAIN_CACHE for the session), and tiny pre
 """
 import atexit
 import os
+import pathlib
 import shutil
 import tempfile
 
@@ -14,7 +15,9 @@ import tempfile
 # threads longer than XLA's 40 s default, which aborts the process; give it 10 minutes.
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
                            ' --xla_cpu_collective_call_terminate_timeout_seconds=600'
-                           ' --xla_cpu_collective_timeout_seconds=600').strip()
+                           ' --xla_cpu_collective_timeout_seconds=600'
+                           # LLVM at -O0: a third less compile time for the tiny programs, which run slightly slower
+                           ' --xla_backend_optimization_level=0').strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # Most tests compile the same tiny programs (and every restart of a killed run compiles its program again): one
 # persistent XLA compilation cache for the session, which the tests' subprocesses inherit. A hit returns the
@@ -30,11 +33,20 @@ import pytest  # noqa: E402
 from tests.checkpoint_fixtures import CheckpointFactory  # noqa: E402
 
 
+def _session_root(tmp_path_factory) -> pathlib.Path:
+  """One folder for the whole run: under pytest-xdist (`-n 2`) every worker is a session of its own, and the
+  workers share their basetemp's parent."""
+  base = tmp_path_factory.getbasetemp()
+  return base.parent if os.environ.get('PYTEST_XDIST_WORKER') else base
+
+
 @pytest.fixture(autouse=True, scope='session')
 def shared_cache(tmp_path_factory):
-  """One corpus/tokenizer cache (FLAX_PRETRAIN_CACHE) for the whole session, never ~/.cache: the built-in
-  corpus is extracted, and a tokenizer trained on it, once. Subprocesses inherit it through the environment."""
-  path = tmp_path_factory.mktemp('cache')
+  """One corpus/tokenizer cache (FLAX_PRETRAIN_CACHE) for the whole run, never ~/.cache: the built-in
+  corpus is extracted, and a tokenizer trained on it, once (the cache's writes are atomic renames, so two
+  workers at worst both make the same file). Subprocesses inherit it through the environment."""
+  path = _session_root(tmp_path_factory) / 'shared_cache'
+  path.mkdir(exist_ok=True)
   with pytest.MonkeyPatch.context() as mp:
     mp.setenv('FLAX_PRETRAIN_CACHE', str(path))
     yield path
@@ -51,6 +63,65 @@ def empty_cache(tmp_path_factory, monkeypatch):
 @pytest.fixture(scope='session')
 def checkpoints(tmp_path_factory, shared_cache) -> CheckpointFactory:
   """checkpoints(objective, steps=..., learning_rate=...) -> the workdir of a tiny pretraining run, made once per
-  session. Read only: a test that writes into a workdir copies it first."""
+  run (by whichever worker asks first; the other waits on its lock). Read only: a test that writes into a workdir
+  copies it first."""
   del shared_cache  # the factory's runs use (and fill) the session cache
-  return CheckpointFactory(tmp_path_factory.mktemp('checkpoints'))
+  root = _session_root(tmp_path_factory) / 'checkpoints'
+  root.mkdir(exist_ok=True)
+  return CheckpointFactory(root)
+
+
+# The full suite only (marked `slow`; the fast tier is `pytest -m "not slow"`): node-id prefixes, each with the
+# fast test that covers the same README claim (tests/README.md has the whole map).
+SLOW = {
+    'test_kill_resume.py::test_ten_random_sigkills': 'test_two_random_sigkills_...',
+    'test_finetune.py::test_glue_script_runs_every_task': 'test_glue_script_on_two_tasks_...',
+    'test_finetune.py::test_a_gpt2_step_dir_from_scratch': 'test_model: pooling; test_pre_redesign: fine-tunes',
+    'test_finetune.py::test_finetuning_learns_a_learnable_task': 'test_cli_finetunes_sst2_...',
+    'test_multiprocess.py::test_two_processes_train_like_one': 'test_multihost_faults: process 0 dies',
+    'test_multiprocess.py::test_one_process_checkpoint_resumes': 'test_incomplete_cluster_flags_...',
+    'test_multihost_faults.py::test_a_killed_process_stops': 'test_the_watchdog_condemns_a_silent_peer_...',
+    'test_checkpoint_faults.py::test_a_failed_checkpoint_write': 'test_an_unwritable_workdir_is_rejected_...',
+    'test_checkpoint_faults.py::test_when_no_checkpoint_restores': 'test_torn_and_truncated_checkpoints_...',
+    'test_checkpoint_faults.py::test_tools_skip_a_step': 'test_torn_and_truncated_checkpoints_...',
+    'test_minilm.py::test_finetuning_from_minilm': 'test_minilm_hidden_states_match_...',
+    'test_train.py::test_cli_trains_the_clm_config': 'test_kill_resume: two SIGKILLs end bit-identical',
+    'test_train.py::test_resume_continues_exactly': 'test_kill_resume: two SIGKILLs end bit-identical',
+    'test_train.py::test_pretraining_learns_and_leaves_a_checkpoint_that_restores[clm]': '[mlm]',
+    'test_hf_import.py::test_imported_checkpoint_continues': 'test_minilm_hidden_states_match_...',
+    'test_hf_conversion.py::test_export_matches_transformers_logits_and_tokenizer[init-': '[trained-...]',
+    'test_hf_import.py::test_import_matches_transformers_logits[30-False-': '[0-True-...]',
+    'test_sharding.py::test_sharded_training_equals_one_device[mlm-data]': '[mlm-data+fsdp+tensor]',
+    'test_sharding.py::test_sharded_training_equals_one_device[mlm-fsdp]': '[mlm-data+fsdp+tensor]',
+    'test_sharding.py::test_sharded_training_equals_one_device[mlm-tensor]': '[mlm-data+fsdp+tensor]',
+    'test_sharding.py::test_sharded_training_equals_one_device[clm-': '[mlm-data+fsdp+tensor]',
+    'test_sharding.py::test_gradient_accumulation_equals_one_step_on_the_whole_batch[clm]': '[mlm]',
+    'test_bad_data.py::test_train_tokenizer_counts': 'test_sources: bad files are skipped and counted',
+    'test_bad_data.py::test_pretrain_cli_skips': 'test_sources: bad files are skipped and counted',
+    'test_bad_data.py::test_prepare_data_counts': 'test_sources: bad files are skipped and counted',
+    'test_bad_settings.py::test_bad_setting_exits_2': 'test_train: test_cli_bad_input_exits_2_with_one_line',
+    'test_sentence_pairs.py::test_pretraining_with_a_sentence_task': 'test_export_as_bert_for_pretraining_...',
+    'test_sentence_pairs.py::test_sentence_task_gradient_accumulation': 'test_sharding: accumulation [mlm]',
+    'test_sentence_pairs.py::test_continued_pretraining_from_an_mlm_only': 'test_export_as_bert_for_...',
+    'test_benchmark.py::test_figures_follow_from_the_median_step_and_the_flop_counter[clm]': '[mlm]',
+    'test_nonfinite.py::test_a_nan_init_checkpoint': 'test_bad_steps_are_skipped_counted_...',
+    'test_nonfinite.py::test_k_bad_steps_in_a_row': 'test_bad_steps_are_skipped_counted_...',
+    'test_nonfinite.py::test_a_non_finite_step_changes_nothing': 'test_bad_steps_are_skipped_counted_...',
+    'test_pre_redesign.py::test_an_old_pretraining_workdir': 'test_an_old_checkpoint_fine_tunes',
+    'test_plan.py::test_planned_state_is_the_real_states': 'test_cli_on_another_device_count_suggests_a_mesh...',
+    'test_bench_input.py::test_stall_writes_checkpoints': 'test_benchmark: test_input_mode_reports_the_pipeline...',
+}
+
+
+def _is_slow(nodeid: str) -> bool:
+  return any(nodeid.removeprefix('tests/').startswith(prefix) for prefix in SLOW)
+
+
+def pytest_collection_modifyitems(items):
+  for prefix in SLOW:  # a renamed test must not silently move into the fast tier
+    file, name = prefix.split('::')
+    source = (pathlib.Path(__file__).parent / file).read_text()
+    assert f'def {name.split("[")[0]}' in source, f'conftest.SLOW: {prefix} names no test'
+  for item in items:
+    if _is_slow(item.nodeid):
+      item.add_marker(pytest.mark.slow)

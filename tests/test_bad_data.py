@@ -21,6 +21,7 @@ from pretrain.data import sources
 from pretrain.runtime.errors import ConfigError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+SMALL_TOKENIZER = ROOT / 'tests' / 'data' / 'pre_redesign' / 'tokenizer.model'  # any would do
 HUGE_CHARS = 100_000_000
 MAX_DOC_CHARS = 100_000  # the default of data.max_doc_chars and the tools' --max_doc_chars
 GOOD_TOPICS = sorted(topics.topics)[:4]
@@ -99,18 +100,30 @@ class Run:
   peak_mb: float  # the process' peak resident memory
 
 
+# Runs `python -m MODULE ARGS` and, at exit, writes the process' own peak resident memory (VmHWM, which exec
+# resets) to $PEAK_FILE. The kernel's ru_maxrss would not do: it keeps the high-water mark of the forking test
+# process, which is gigabytes once a worker has run other tests.
+_PEAK_WRAPPER = """
+import atexit, os, runpy, sys
+def _peak():
+  with open('/proc/self/status') as status, open(os.environ['PEAK_FILE'], 'w') as out:
+    out.write(next(line for line in status if line.startswith('VmHWM:')).split()[1])
+atexit.register(_peak)
+sys.argv = sys.argv[1:]
+runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)
+"""
+
+
 def _cli(module: str, *args) -> Run:
-  """`python -m module args` (outputs through files, so that wait4 can give the process' own peak memory)."""
+  """`python -m module args`, with the process' peak memory."""
   env = dict(os.environ, JAX_PLATFORMS='cpu')  # the module's fresh cache carries over
   env.pop('XLA_FLAGS', None)  # one CPU device, not conftest's 8: these runs are about data, and compile twice as fast
-  with tempfile.TemporaryFile('w+') as out, tempfile.TemporaryFile('w+') as err:
-    proc = subprocess.Popen([sys.executable, '-m', module, *map(str, args)], cwd=ROOT, env=env, stdout=out,
-                            stderr=err)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    out.seek(0)
-    err.seek(0)
-    return Run(proc.returncode, out.read(), err.read(), usage.ru_maxrss / 1024)
+  with tempfile.TemporaryDirectory() as tmp:
+    env['PEAK_FILE'] = peak_file = os.path.join(tmp, 'peak_kb')
+    proc = subprocess.run([sys.executable, '-c', _PEAK_WRAPPER, module, *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, check=False)
+    peak_kb = int(pathlib.Path(peak_file).read_text()) if os.path.exists(peak_file) else float('nan')
+  return Run(proc.returncode, proc.stdout, proc.stderr, peak_kb / 1024)
 
 
 def _counts(text: str) -> dict[str, int]:
@@ -184,13 +197,13 @@ def test_prepare_data_counts_bad_records_in_its_manifest(bad_dir, tokenizer, tmp
     ('tools.prepare_data', 'text:{root}/allbad/*.txt', "error: --source: no documents in 'text:{root}/allbad/*.txt'"),
     ('tools.prepare_data', 'jsonl:{root}/x.*', "error: --source: no files match 'jsonl:{root}/x.*'"),  # directories
 ])
-def test_a_source_with_nothing_readable_is_one_error_line(bad_dir, tokenizer, tmp_path, tool, source, start):
+def test_a_source_with_nothing_readable_is_one_error_line(bad_dir, tmp_path, tool, source, start):
   root, _ = bad_dir
   source, start = source.format(root=root), start.format(root=root)
   args = {'pretrain': ['--config', 'configs/pretrain_mlm.py:size=tiny', '--workdir', tmp_path, *TINY,
                        f'--config.data.source={source}'],
           'tools.train_tokenizer': ['--source', source, '--vocab_size', 512, '--out', tmp_path / 'spm.model'],
-          'tools.prepare_data': ['--source', source, '--tokenizer', tokenizer[1], '--seq_len', 32,
+          'tools.prepare_data': ['--source', source, '--tokenizer', SMALL_TOKENIZER, '--seq_len', 32,
                                  '--out', tmp_path / 'out']}[tool]
   _assert_one_error_line(_cli(tool, *args), start)
   assert not (tmp_path / 'out').exists() and not (tmp_path / 'spm.model').exists()

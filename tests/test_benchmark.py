@@ -21,7 +21,7 @@ def _json_line(capfd) -> dict:
   return json.loads(out[-1])
 
 
-@pytest.mark.parametrize('config_spec', [MLM_CONFIG, CLM_CONFIG])
+@pytest.mark.parametrize('config_spec', [MLM_CONFIG, CLM_CONFIG], ids=['mlm', 'clm'])
 def test_figures_follow_from_the_median_step_and_the_flop_counter(config_spec, capfd):
   assert benchmark.main(['--config', config_spec, '--steps', '3', '--warmup', '1', '--accelerator', 'h100-80gb',
                          *TINY_OVERRIDES]) == 0

@@ -72,6 +72,23 @@ def test_cli_finetunes_sst2_and_writes_results_and_predictions(checkpoint, glue,
   assert {p for _, p in rows} <= {'0', '1'}
 
 
+def test_glue_script_on_two_tasks_writes_their_results_and_a_rerun_reuses_them(checkpoint, glue, tmp_path):
+  args = ['--checkpoint', str(checkpoint), '--data', f'glue_dir:{glue}', '--workdir', str(tmp_path),
+          '--tasks', 'stsb,mrpc', '--set', 'train.batch_size=8', '--set', 'train.eval_batch_size=16',
+          '--set', 'train.epochs=1', '--set', 'data.max_length=32', '--set', 'mrpc:train.epochs=2']
+  result = _cli('finetune.glue', *args)
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = json.loads((tmp_path / 'glue_results.json').read_text())
+  assert set(out['tasks']) == {'stsb', 'mrpc'}
+  mrpc = json.loads((tmp_path / 'mrpc' / 'seed_0' / 'results.json').read_text())
+  assert len(mrpc['epochs']) == 2  # the per-task override
+  assert out['tasks']['mrpc']['dev/f1']['values'] == pytest.approx([100 * mrpc['dev']['f1']])
+  with zipfile.ZipFile(tmp_path / 'glue_submission.zip') as archive:
+    assert {'MRPC.tsv', 'STS-B.tsv'} <= set(archive.namelist())
+  again = _cli('finetune.glue', *args)
+  assert again.returncode == 0 and again.stderr.count('reusing the finished run') == 2
+
+
 def test_glue_script_runs_every_task_over_seeds_and_zips_a_submission(checkpoint, glue, tmp_path):
   args = ['--checkpoint', str(checkpoint / 'checkpoints'), '--data', f'glue_dir:{glue}', '--workdir', str(tmp_path),
           '--seeds', '2', '--set', 'train.batch_size=8', '--set', 'train.eval_batch_size=16',

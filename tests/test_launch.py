@@ -80,8 +80,8 @@ def test_tpu_dry_run_ships_the_config_and_starts_pretrain_on_every_worker(capsys
   words = remote_words(commands[4])
   assert words[:2] == ['cd', 'flax-pretrain'] and ['export', 'A=x y', 'B=1'] == words[3:6]
   python = words[words.index('exec') + 1:]
-  assert python == ['.venv/bin/python', '-m', 'pretrain', '--config', 'configs/bert_large_wiki.py:data=/shared/wiki-128',
-                    '--workdir', '/shared/runs/x', *OVERRIDES]
+  assert python == ['.venv/bin/python', '-m', 'pretrain', '--config',
+                    'configs/bert_large_wiki.py:data=/shared/wiki-128', '--workdir', '/shared/runs/x', *OVERRIDES]
   # The summary: v4-32 is 16 chips on 4 hosts, data-parallel.
   assert 'mesh data=16 fsdp=1 tensor=1 on 16 devices, 4 processes' in out
 

@@ -38,7 +38,8 @@ def _start(workdir, processes, mesh, *extra, slurm=False, stderr=None) -> list[s
   devices = 4 // processes
   env = dict(os.environ, JAX_PLATFORMS='cpu',
              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices} '
-                       '--xla_cpu_collective_call_terminate_timeout_seconds=600 --xla_cpu_collective_timeout_seconds=600')
+                       '--xla_cpu_collective_call_terminate_timeout_seconds=600 '
+                       '--xla_cpu_collective_timeout_seconds=600')
   port = _free_port()
   procs = []
   for i in range(processes):

@@ -151,7 +151,8 @@ def test_mesh_minus_one_takes_the_remaining_devices():
 def test_parameter_not_divisible_by_its_mesh_axis_names_the_parameter():
   config = _three_axis_config()
   config.model.mlp_dim = 129  # 'mlp' is split over tensor=2
-  with pytest.raises(ConfigError, match=r'encoder/blocks/mlp/wi/(kernel|bias) dimension 129 is not divisible by mesh axes tensor'):
+  with pytest.raises(ConfigError,
+                     match=r'encoder/blocks/mlp/wi/(kernel|bias) dimension 129 is not divisible by mesh axes tensor'):
     _trainer(config, _mesh(config, jax.devices()))
 
 

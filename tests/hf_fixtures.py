@@ -1,0 +1,83 @@
+"""Shared by the conversion tests: the parity tolerance, logits from either side, and tiny trained transformers
+models (BERT with a WordPiece vocabulary, GPT-2 with a byte-level BPE one) saved as Hugging Face directories."""
+import json
+import pathlib
+
+import jax.numpy as jnp
+import numpy as np
+import torch
+import transformers
+
+from pretrain.model import load as model_load
+from tests.checkpoint_fixtures import TRAINED
+
+# max |logit difference| in float32. Measured on trained weights: 3.3e-6 (export) and ~1e-6 (import); an erf GELU
+# where a tanh one belongs (or the reverse) moves the logits by 7e-5 to 8e-5.
+TOLERANCE = 1e-5
+TEXTS = ['def f(x):\n    return x * 2  # double it', 'Héllo wörld ✓ 漢字 and\ttabs', 'The quick brown fox.']
+HF_CLASSES = {'mlm': transformers.BertForMaskedLM, 'clm': transformers.GPT2LMHeadModel}
+
+
+def our_logits(checkpoint, ids, **kwargs):
+  loaded = model_load.load_checkpoint(str(checkpoint))
+  return np.asarray(loaded.build()(jnp.asarray(ids), **{k: jnp.asarray(v) for k, v in kwargs.items()}))
+
+
+def hf_logits(model, ids, **kwargs):
+  with torch.no_grad():
+    return model(torch.tensor(ids), **{k: torch.tensor(v) for k, v in kwargs.items()}).logits.numpy()
+
+
+WORDS = 'the cat dog sat on a mat and ran under red blue tree house saw it'.split()
+
+
+def bert_dir(path: pathlib.Path, train_steps: int, safetensors: bool = True) -> pathlib.Path:
+  vocab = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', *WORDS, *'bcdefghijklmnopqrstuvwxyz.,!?',
+           *(f'##{c}' for c in 'abcdefghijklmnopqrstuvwxyz')]
+  path.mkdir(parents=True)
+  (path / 'vocab.txt').write_text('\n'.join(vocab) + '\n')
+  (path / 'tokenizer_config.json').write_text(json.dumps({'do_lower_case': True}))
+  config = transformers.BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                   intermediate_size=64, max_position_embeddings=64, type_vocab_size=2)
+  torch.manual_seed(0)
+  model = transformers.BertForMaskedLM(config)
+  _train(model, len(vocab), train_steps, token_types=True)
+  _save(model, path, safetensors)
+  return path
+
+
+def _save(model, path: pathlib.Path, safetensors: bool) -> None:
+  """model.safetensors, or pytorch_model.bin as older checkpoints (and transformers 4 by request) wrote."""
+  model.save_pretrained(path)
+  if not safetensors:
+    torch.save(model.state_dict(), path / 'pytorch_model.bin')
+    (path / 'model.safetensors').unlink()
+
+
+def gpt2_dir(path: pathlib.Path, train_steps: int, safetensors: bool = True) -> pathlib.Path:
+  import tokenizers  # pylint: disable=import-outside-toplevel
+  bpe = tokenizers.ByteLevelBPETokenizer()
+  bpe.train_from_iterator([' '.join(WORDS)] * 20 + TEXTS, vocab_size=300, special_tokens=['<|endoftext|>'])
+  path.mkdir(parents=True)
+  bpe.save_model(str(path))  # vocab.json + merges.txt, as GPT-2 checkpoints ship them
+  config = transformers.GPT2Config(vocab_size=bpe.get_vocab_size(), n_positions=64, n_embd=32, n_layer=2,
+                                   n_head=4, bos_token_id=0, eos_token_id=0)
+  torch.manual_seed(0)
+  model = transformers.GPT2LMHeadModel(config)
+  _train(model, bpe.get_vocab_size(), train_steps, token_types=False)
+  _save(model, path, safetensors)
+  return path
+
+
+def _train(model, vocab_size: int, steps: int, token_types: bool) -> None:
+  """Real optimizer steps at a high learning rate, so the weights are far from their initialisation."""
+  optimizer = torch.optim.AdamW(model.parameters(), lr=TRAINED['learning_rate'])
+  generator = torch.Generator().manual_seed(1)
+  for _ in range(steps):
+    ids = torch.randint(0, vocab_size, (4, 16), generator=generator)
+    extra = {'token_type_ids': torch.randint(0, 2, (4, 16), generator=generator)} if token_types else {}
+    loss = model(ids, labels=ids, **extra).loss
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+  model.eval()
