@@ -56,8 +56,9 @@ def test_cli_finetunes_sst2_and_writes_results_and_predictions(checkpoint, glue,
   result = _cli('finetune', '--config', 'configs/finetune_glue.py:task=sst2', '--workdir', str(tmp_path),
                 f'--config.init_checkpoint={checkpoint}', f'--config.data.source=glue_dir:{glue}',
                 '--config.train.batch_size=8', '--config.train.epochs=2', '--config.train.log_every=1',
-                '--config.data.max_length=32')
+                '--config.data.max_length=32', '--config.mesh.data=2', '--config.mesh.fsdp=2', '--config.mesh.tensor=2')
   assert result.returncode == 0, result.stderr[-3000:]
+  # pretrained on a (8, 1, 1) mesh, restored onto (2, 2, 2)
   assert 'restored the encoder from' in result.stderr and 'ETA' in result.stderr
   results = json.loads((tmp_path / 'results.json').read_text())
   assert results['task'] == 'sst2' and set(results['dev']) == {'accuracy'}

@@ -69,7 +69,6 @@ class Report:
   steps: int
   reference_s: float
   soak_s: float
-  startup_s: float  # the reference run's seconds until its first logged step (what 'startup' kills aim inside)
 
   def summary(self) -> dict:
     by_moment = {m: sum(k.moment == m for k in self.kills) for m in MOMENTS}
@@ -273,7 +272,7 @@ def run_soak(config: str, overrides: Sequence[str], root: pathlib.Path, kills: i
   done = soak(config, overrides, killed, kills, seed, startup_s, steps, loaded.train.checkpoint_every, say)
   soak_s = time.monotonic() - start
   compare(reference, killed, steps)
-  report = Report(done, steps, reference_s, soak_s, startup_s)
+  report = Report(done, steps, reference_s, soak_s)
   say(f'identical after {len(done)} kill{"" if len(done) == 1 else "s"}: parameters, optimizer state, step, RNG, '
       f'data position and every logged loss; {json.dumps(report.summary())}')
   return report
