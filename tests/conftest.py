@@ -102,7 +102,7 @@ SLOW = {
     'test_bad_data.py::test_prepare_data_counts': 'test_sources: bad files are skipped and counted',
     'test_bad_settings.py::test_bad_setting_exits_2': 'test_train: test_cli_bad_input_exits_2_with_one_line',
     'test_sentence_pairs.py::test_pretraining_with_a_sentence_task': 'test_export_as_bert_for_pretraining_...',
-    'test_sentence_pairs.py::test_sentence_task_gradient_accumulation': 'test_sharding: accumulation [mlm]',
+    'test_sentence_pairs.py::test_sentence_task_gradient_accumulation': 'test_sharding: accumulation [clm]',
     'test_sentence_pairs.py::test_continued_pretraining_from_an_mlm_only': 'test_export_as_bert_for_...',
     'test_benchmark.py::test_figures_follow_from_the_median_step_and_the_flop_counter[clm]': '[mlm]',
     'test_nonfinite.py::test_a_nan_init_checkpoint': 'test_bad_steps_are_skipped_counted_...',
