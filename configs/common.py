@@ -105,6 +105,7 @@ def base_config(size: str, objective: str, preset: str | None = None) -> ml_coll
       eval_fraction=0.02,
       max_doc_chars=100_000,
       num_workers=0,
+      allow_source_change=False,  # True: resume although the corpus' rows differ from the checkpoint's (a warning)
   ))
 
   c.train = ml_collections.ConfigDict(dict(

@@ -54,6 +54,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       grad_clip_norm=1.0,
       log_every=50,
       max_train_examples=0,  # >0: use only the first N training examples (quick runs)
+      max_nonfinite_steps=10,  # a non-finite step is skipped; this many in a row stop the run
   ))
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))

@@ -44,7 +44,7 @@ def validate(config) -> Task:
   require(config.data.max_length >= 4, f'data.max_length: must be at least 4, got {config.data.max_length}')
   require(0 <= config.data.max_malformed_fraction < 1,
           f'data.max_malformed_fraction: must be in [0, 1), got {config.data.max_malformed_fraction}')
-  for key in ('epochs', 'batch_size', 'eval_batch_size', 'log_every'):
+  for key in ('epochs', 'batch_size', 'eval_batch_size', 'log_every', 'max_nonfinite_steps'):
     require(config.train[key] > 0, f'train.{key}: must be positive, got {config.train[key]}')
   require(0 <= config.train.warmup_fraction <= 1,
           f'train.warmup_fraction: must be in [0, 1], got {config.train.warmup_fraction}')

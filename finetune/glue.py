@@ -3,9 +3,17 @@
   python -m finetune.glue --checkpoint CKPT --data glue_dir:PATH --workdir DIR [--tasks sst2,mrpc,...]
       [--seeds 3] [--set train.epochs=2] [--set rte:train.learning_rate=3e-5]
 
-Writes DIR/<task>/seed_<s>/ (one `python -m finetune` run each; a finished run with the same config is
-reused, so a rerun continues), DIR/glue_results.json, and DIR/glue_submission.zip: the test predictions of
-each task's best seed (by dev score) in the leaderboard's format (SST-2.tsv, MNLI-m.tsv, AX.tsv, ...).
+Writes DIR/<task>/seed_<s>/ (one `python -m finetune` run each), DIR/glue_results.json, and
+DIR/glue_submission.zip: the test predictions of each task's best seed (by dev score) in the leaderboard's
+format (SST-2.tsv, MNLI-m.tsv, AX.tsv, ...).
+
+CKPT is resolved once, at the start, to one step directory (the newest step of a workdir), which every run
+starts from and glue_results.json records (checkpoint_dir, checkpoint_step), even if pretraining writes newer
+steps meanwhile. A rerun reuses a finished run whose config, that step directory included, is unchanged, so
+after more pretraining it fine-tunes the new step; a preempted run is not finished and runs again. With
+--from_scratch the weights are fresh but the architecture and tokenizer are that step's: it is recorded, and
+reuse decided, the same way. SIGTERM stops the run in progress (see finetune/train.py) and then this script,
+with exit code 0, before glue_results.json is written: rerun the same command to continue.
 """
 import argparse
 import json
@@ -17,8 +25,10 @@ import numpy as np
 from absl import logging
 
 from finetune.tasks import TASKS
+from pretrain.runtime import checkpoint as checkpoint_lib
 from pretrain.runtime.cli import fail
-from pretrain.runtime.errors import ConfigError
+from pretrain.runtime.errors import ConfigError, JobError
+from pretrain.runtime.preemption import PreemptionWatch
 
 TRAINED_TASKS = tuple(name for name, t in TASKS.items() if t.dev_files)
 # bert-base-cased dev scores, mean of 5 seeds, from the Hugging Face Flax GLUE example (x100).
@@ -74,8 +84,14 @@ def _override(config, spec: str) -> None:
     raise ConfigError(f'--set {spec}: {raw!r} is not a {type(current).__name__}') from None
 
 
-def task_configs(args) -> dict[str, list]:
-  """task -> one config per seed, every override applied and checked (nothing is compiled yet)."""
+def resolve_checkpoint(args) -> pathlib.Path:
+  """The step directory --checkpoint names (a workdir's or checkpoints/ dir's newest), resolved once."""
+  step_dir, _ = checkpoint_lib.read_checked_meta(args.checkpoint, '--checkpoint')
+  return step_dir
+
+
+def task_configs(args, step_dir: pathlib.Path) -> dict[str, list]:
+  """task -> one config per seed from step_dir, every override applied and checked (nothing is compiled yet)."""
   from configs import finetune_glue
   from finetune import checks
   tasks = [t.strip() for t in args.tasks.split(',') if t.strip()]
@@ -93,7 +109,7 @@ def task_configs(args) -> dict[str, list]:
     configs[task] = []
     for seed in range(args.seed, args.seed + args.seeds):
       config = finetune_glue.get_config(task)
-      config.init_checkpoint, config.seed, config.from_scratch = args.checkpoint, seed, args.from_scratch
+      config.init_checkpoint, config.seed, config.from_scratch = str(step_dir), seed, args.from_scratch
       config.data.source = f'tfds:glue/{task}' if args.data == 'tfds:glue' else args.data
       for spec in args.set:
         scope, override = _scoped(spec)
@@ -106,13 +122,17 @@ def task_configs(args) -> dict[str, list]:
 
 
 def _run_once(config, run_dir: pathlib.Path) -> dict:
-  """One fine-tuning run, or the results of a finished run of the same config in run_dir."""
+  """One fine-tuning run, or the results of a finished (not preempted) run of the same config in run_dir.
+
+  config.init_checkpoint is a resolved step directory, so the same config means the same pretraining step."""
   from finetune import train
   config_json = config.to_json(sort_keys=True)
   results_path, config_path = run_dir / 'results.json', run_dir / 'finetune_config.json'
   if results_path.exists() and config_path.exists() and config_path.read_text() == config_json:
-    logging.info('%s: reusing the finished run', run_dir)
-    return json.loads(results_path.read_text())
+    results = json.loads(results_path.read_text())
+    if not results.get('preempted'):
+      logging.info('%s: reusing the finished run', run_dir)
+      return results
   run_dir.mkdir(parents=True, exist_ok=True)
   results_path.unlink(missing_ok=True)
   config_path.write_text(config_json)
@@ -160,6 +180,29 @@ def write_submission(workdir: pathlib.Path, runs: dict[str, list[dict]], run_dir
   return names
 
 
+def run_all(configs: dict[str, list], workdir: pathlib.Path) -> tuple[dict, dict] | None:
+  """(task -> results per seed, task -> run dirs); None when preempted (finished runs are kept for a rerun)."""
+  runs, run_dirs = {}, {}
+  total, done = sum(len(c) for c in configs.values()), 0
+  with PreemptionWatch() as preemption:  # between runs; each run watches for itself while it trains
+    for task, seed_configs in configs.items():
+      run_dirs[task] = [workdir / task / f'seed_{c.seed}' for c in seed_configs]
+      runs[task] = []
+      for config, run_dir in zip(seed_configs, run_dirs[task]):
+        done += 1
+        if not preemption.signalled:
+          logging.info('glue: run %d/%d: %s seed %d', done, total, task, config.seed)
+          try:
+            runs[task].append(_run_once(config, run_dir))
+          except JobError as e:
+            raise type(e)(f'{task} seed {config.seed}: {e}') from None
+        if preemption.signalled or runs[task][-1].get('preempted'):
+          logging.warning('glue: preempted before finishing run %d/%d (%s seed %d); rerun the same command to '
+                          'continue', done, total, task, config.seed)
+          return None
+  return runs, run_dirs
+
+
 def main(argv: list[str] | None = None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
   from pretrain.runtime.metrics_log import quiet_library_logs
@@ -167,23 +210,23 @@ def main(argv: list[str] | None = None) -> int:
   quiet_library_logs()
   workdir = pathlib.Path(args.workdir).absolute()
   try:
-    configs = task_configs(args)
-    runs, run_dirs = {}, {}
-    total, done = sum(len(c) for c in configs.values()), 0
-    for task, seed_configs in configs.items():
-      run_dirs[task] = [workdir / task / f'seed_{c.seed}' for c in seed_configs]
-      runs[task] = []
-      for config, run_dir in zip(seed_configs, run_dirs[task]):
-        done += 1
-        logging.info('glue: run %d/%d: %s seed %d', done, total, task, config.seed)
-        runs[task].append(_run_once(config, run_dir))
+    step_dir = resolve_checkpoint(args)
+    configs = task_configs(args, step_dir)
+    logging.info('glue: fine-tuning %s', step_dir)
+    done = run_all(configs, workdir)
   except ConfigError as e:
     fail(str(e))
+  except JobError as e:  # diverged, a failed checkpoint write: the finished runs are kept
+    fail(str(e), code=1)
+  if done is None:
+    return 0
+  runs, run_dirs = done
   summary = summarize(runs)
   names = write_submission(workdir, runs, run_dirs)
   expected = sorted(f'{n}.tsv' for t in TASKS.values() for n in t.test_files)
   missing = sorted(set(expected) - set(names))
-  output = {'checkpoint': args.checkpoint, 'data': args.data, 'seeds': list(range(args.seed, args.seed + args.seeds)),
+  output = {'checkpoint': args.checkpoint, 'checkpoint_dir': str(step_dir), 'checkpoint_step': int(step_dir.name),
+            'data': args.data, 'seeds': list(range(args.seed, args.seed + args.seeds)),
             'from_scratch': args.from_scratch, 'overrides': args.set, 'tasks': summary,
             'reference_bert_base': {f'{t}/{m}': v for (t, m), v in BERT_BASE_REFERENCE.items()},
             'submission': {'zip': str(workdir / 'glue_submission.zip'), 'files': names, 'missing': missing}}

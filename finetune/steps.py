@@ -1,6 +1,8 @@
 """Jitted fine-tuning steps over the train state {'step', 'params', 'opt_state', 'rng'} (as in pretraining).
 
-Batches carry per-example `weights`: 0 marks the rows that pad the last batch of an epoch or an eval set.
+Batches carry per-example `weights`: 0 marks the rows that pad the last batch of an epoch or an eval set. A train
+step whose loss, gradients or updates are not all finite changes nothing but the step counter (as in pretraining);
+its metrics['nonfinite'] is 1.
 """
 import dataclasses
 from typing import Callable
@@ -11,11 +13,12 @@ import optax
 from flax import nnx
 
 from pretrain.masking import DROPOUT_STREAM
+from pretrain.nonfinite import finite_update
 
 
 @dataclasses.dataclass(frozen=True)
 class FinetuneSteps:
-  train: Callable[[dict, dict], tuple[dict, dict]]  # (state, batch) -> (state, {'loss', 'grad_norm'})
+  train: Callable[[dict, dict], tuple[dict, dict]]  # (state, batch) -> (state, {'loss', 'grad_norm', 'nonfinite'})
   predict: Callable[[dict, dict], jax.Array]  # (params, batch) -> logits [batch, classes] or scores [batch]
 
 
@@ -42,9 +45,11 @@ def make_steps(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, 
 
     loss, grads = jax.value_and_grad(loss_fn)(state['params'])
     updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
-    new_state = {'step': state['step'] + 1, 'params': optax.apply_updates(state['params'], updates),
-                 'opt_state': opt_state, 'rng': state['rng']}
-    return new_state, {'loss': loss, 'grad_norm': optax.tree_utils.tree_norm(grads)}
+    grad_norm = optax.tree_utils.tree_norm(grads)
+    params, opt_state, nonfinite = finite_update(state['params'], updates, opt_state, state['opt_state'], loss,
+                                                 grad_norm)
+    new_state = {'step': state['step'] + 1, 'params': params, 'opt_state': opt_state, 'rng': state['rng']}
+    return new_state, {'loss': loss, 'grad_norm': grad_norm, 'nonfinite': nonfinite}
 
   def predict(params: dict, batch: dict) -> jax.Array:
     outputs_bk = forward(params, batch, None)

@@ -1,13 +1,15 @@
-"""run(config, workdir): checks -> data -> model (encoder restored params-only) -> epochs -> results.
+"""run(config, workdir): checks -> data -> model (encoder restored params-only) -> epochs (loop.py) -> results.
 
 Trains for train.epochs, evaluates every dev split after each epoch, keeps the parameters of the best epoch
 (by the task's headline metric on its first dev split) and writes results.json and predictions from them,
-and those parameters as a checkpoint (WORKDIR/checkpoints/STEP: exportable, or an init_checkpoint).
+and those parameters as a checkpoint (WORKDIR/checkpoints/STEP: exportable, or an init_checkpoint). An earlier
+run's results.json in the workdir is removed at the start: it is this run's or absent. results.json reports
+skipped_steps (non-finite, see loop.py), and preempted / stopped_at_step of total_steps.
 """
 import dataclasses
 import json
 import pathlib
-import time
+import shutil
 from typing import Callable
 
 import jax
@@ -16,7 +18,7 @@ from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from finetune import checks, features, outputs
+from finetune import checks, features, loop, outputs
 from finetune import data as data_lib
 from finetune import metrics as metrics_lib
 from finetune.steps import make_steps
@@ -27,6 +29,7 @@ from pretrain import optim
 from pretrain.runtime import sharding
 from pretrain.runtime.errors import require
 from pretrain.runtime.metrics_log import MetricsLog
+from pretrain.runtime.preemption import PreemptionWatch
 from pretrain.model.heads import Classifier
 from pretrain.trainer import shard_state
 
@@ -95,7 +98,17 @@ def _compile(config, pretrained: checks.Pretrained, task: Task, mesh, rules, opt
 
 
 def run(config, workdir: str) -> dict:
-  """Fine-tunes per `config` in `workdir`; returns the results written to workdir/results.json."""
+  """Fine-tunes per `config` in `workdir`; returns the results written to workdir/results.json.
+
+  SIGTERM stops after the current step: results.json (with "preempted": true), the predictions and the checkpoint
+  are then those of the best epoch finished so far, or, before the first finished, nothing is written and the
+  returned dict holds only task, preempted and stopped_at_step.
+  """
+  with PreemptionWatch() as preemption:
+    return _run(config, workdir, preemption)
+
+
+def _run(config, workdir: str, preemption: PreemptionWatch) -> dict:
   task = checks.validate(config)
   pretrained = checks.load_pretrained(config)
   mesh = sharding.make_mesh(config.mesh)
@@ -105,7 +118,13 @@ def run(config, workdir: str) -> dict:
     require(config.train[key] % data_parallel == 0, f'train.{key}: {config.train[key]} is not divisible by the '
             f'data-parallel size {data_parallel} (mesh.data * mesh.fsdp)')
   workdir_path = pathlib.Path(workdir).absolute()
+  newest = checkpoint_lib.newest_meta(workdir_path / 'checkpoints')
+  require(newest is None or 'classifier' in newest[1], f'--workdir: {workdir_path} holds checkpoints that are not '
+          f'fine-tuned (step {newest and newest[0]}), which this run would replace; use another --workdir')
   workdir_path.mkdir(parents=True, exist_ok=True)
+  is_main = jax.process_index() == 0
+  if is_main:  # results.json is this run's or absent
+    (workdir_path / 'results.json').unlink(missing_ok=True)
 
   task_data = load_data(config, task)
   if config.train.max_train_examples:
@@ -119,11 +138,10 @@ def run(config, workdir: str) -> dict:
   total_steps = config.train.epochs * steps_per_epoch
   optimizer_settings = checks.optimizer_settings(config.train, total_steps)
   optimizer, schedule = optim.make_optimizer(optimizer_settings), optim.learning_rate_schedule(optimizer_settings)
-  is_main = jax.process_index() == 0
 
   with sharding.use_mesh_and_rules(mesh, rules):
     compiled = _compile(config, pretrained, task, mesh, rules, optimizer)
-    state, train_step, to_device = compiled.state, compiled.train_step, compiled.to_device
+    to_device = compiled.to_device
 
     def predict(params, split_arrays: dict) -> np.ndarray:
       n, size = len(split_arrays['tokens']), config.train.eval_batch_size
@@ -137,55 +155,62 @@ def run(config, workdir: str) -> dict:
         scores[key] = metrics_lib.compute(task.metrics, predictions[key], task_data.dev[key].labels)
       return scores, predictions
 
-    num_params = sum(x.size for x in jax.tree.leaves(state['params']))
+    shuffle = np.random.default_rng(config.seed)
+
+    def train_batches():
+      order = shuffle.permutation(num_train)
+      for i in range(steps_per_epoch):
+        yield to_device(_take(arrays[('train', 'train')], order[i * batch_size:(i + 1) * batch_size], batch_size))
+
+    num_params = sum(x.size for x in jax.tree.leaves(compiled.state['params']))
     logging.info('%s: %d train examples (%d malformed skipped), padded to %d tokens; %s parameters; '
                  '%d epochs x %d steps of %d', task.name, num_train, task_data.train.skipped, length,
                  f'{num_params:,}', config.train.epochs, steps_per_epoch, batch_size)
     headline_split, headline = next(iter(task.dev_files)), task.metrics[0]
     log = MetricsLog(str(workdir_path), total_steps, 0, enabled=is_main)
-    shuffle = np.random.default_rng(config.seed)
-    history, best, best_params, best_predictions = [], None, None, None
-    start, step = time.perf_counter(), 0
-    for epoch in range(1, config.train.epochs + 1):
-      order = shuffle.permutation(num_train)
-      losses = []
-      for i in range(steps_per_epoch):
-        batch = to_device(_take(arrays[('train', 'train')], order[i * batch_size:(i + 1) * batch_size], batch_size))
-        state, metrics = train_step(state, batch)
-        step += 1
-        losses.append(metrics['loss'])
-        if step % config.train.log_every == 0 or i == steps_per_epoch - 1:
-          scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
-          log.train(step, {**scalars, 'learning_rate': float(schedule(step - 1))},
-                    batch_size * length)
-      scores, predictions = evaluate(state['params'])
-      train_loss = float(np.mean(jax.device_get(losses)))
-      history.append({'epoch': epoch, 'step': step, 'train_loss': train_loss, **scores})
-      log.eval(step, {f'{split}_{name}': v for split, s in scores.items() for name, v in s.items()})
-      log.reset_clock(step)
-      if best is None or scores[headline_split][headline] > best:
-        best, best_epoch, best_step = scores[headline_split][headline], epoch, step
-        best_params = jax.tree.map(lambda x: x.copy(), state['params'])
-        best_predictions = predictions
-    train_seconds = time.perf_counter() - start
-    test_predictions = {name: outputs.to_predictions(predict(best_params, arrays[('test', name)]),
+    try:
+      epochs = loop.train_epochs(compiled.state, compiled.train_step, train_batches, steps_per_epoch, evaluate,
+                                 lambda scores: scores[headline_split][headline], config.train, schedule, log,
+                                 batch_size * length, preemption)
+    finally:
+      log.close()
+    if epochs.best_epoch is None:
+      logging.warning('preempted: stopped at step %d of %d, before the first epoch finished: no results written; '
+                      'rerun to fine-tune', epochs.step, total_steps)
+      return {'task': task.name, 'preempted': True, 'stopped_at_step': epochs.step}
+    test_predictions = {name: outputs.to_predictions(predict(epochs.best_params, arrays[('test', name)]),
                                                      task_data.test_tasks[name])
                         for name in task_data.test}
-    log.close()
-    checkpoint_dir = checkpoint_lib.save_params(workdir_path, best_step, best_params,
-                                                classifier_meta(config, pretrained, task)) \
-        if config.save_checkpoint else None
+    checkpoint_dir = _save_best(workdir_path, epochs.best_step, epochs.best_params,
+                                classifier_meta(config, pretrained, task)) if config.save_checkpoint else None
 
-  results = {'task': task.name, **{k: history[best_epoch - 1][k] for k in task.dev_files},
-             'best_epoch': best_epoch, 'epochs': history, 'majority_baseline': majority_baseline(task, task_data),
-             'seed': config.seed,
+  best = epochs.history[epochs.best_epoch - 1]
+  results = {'task': task.name, **{k: best[k] for k in task.dev_files}, 'best_epoch': epochs.best_epoch,
+             'epochs': epochs.history, 'majority_baseline': majority_baseline(task, task_data), 'seed': config.seed,
              'init_checkpoint': None if config.from_scratch else pretrained.checkpoint,
              'checkpoint': checkpoint_dir and str(checkpoint_dir), 'num_train_examples': num_train,
-             'padded_length': length, 'train_seconds': round(train_seconds, 1)}
+             'padded_length': length, 'train_seconds': round(epochs.seconds, 1), 'skipped_steps': epochs.skipped_steps,
+             'preempted': epochs.preempted, 'stopped_at_step': epochs.step, 'total_steps': total_steps}
   if is_main:
-    outputs.write(workdir_path, results, task, task_data, best_predictions, test_predictions)
-  logging.info('%s: best epoch %d, %s', task.name, best_epoch, outputs.summary(results, task))
+    outputs.write(workdir_path, results, task, task_data, epochs.best_predictions, test_predictions)
+  if epochs.preempted:
+    logging.warning('preempted: stopped at step %d of %d; results.json, predictions and checkpoint are of epoch %d, '
+                    'the best of %d finished; rerun to train all %d epochs', epochs.step, total_steps,
+                    epochs.best_epoch, len(epochs.history), config.train.epochs)
+  logging.info('%s: best epoch %d, %s', task.name, epochs.best_epoch, outputs.summary(results, task))
   return results
+
+
+def _save_best(workdir: pathlib.Path, step: int, params: dict, meta: dict) -> pathlib.Path:
+  """save_params keeps only the newest step under workdir/checkpoints: an earlier run's newer step goes first."""
+  if jax.process_index() == 0:
+    for old in (workdir / 'checkpoints').glob('*'):
+      if old.name.isdigit() and int(old.name) > step:
+        shutil.rmtree(old)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices('finetune: stale checkpoints removed')
+  return checkpoint_lib.save_params(workdir, step, params, meta)
 
 
 def classifier_meta(config, pretrained: checks.Pretrained, task: Task) -> dict:

@@ -15,7 +15,7 @@ import json
 from pretrain import objectives
 from pretrain.data.settings import DataSettings
 from pretrain.model.config import ModelConfig, fields_with_role, from_checkpoint_meta
-from pretrain.optim import OptimizerSettings
+from pretrain.optim import OptimizerSettings, learning_rate_schedule
 from pretrain.runtime.errors import require
 
 FIXED = {'fixed_by_checkpoint': True}
@@ -163,6 +163,25 @@ def check_resumable(settings: PretrainSettings, meta: dict, where) -> None:
       then = saved_section.get(name, _default(section, name))
     require(now == then, f'{dotted}: {now!r} differs from {then!r} in the checkpoint at {where}; '
             'use a new --workdir, or the old setting to resume')
+
+
+def schedule_change(settings: PretrainSettings, meta: dict, step: int) -> str | None:
+  """A warning when the optimizer settings (train.steps, warmup, learning rate, schedule, ...) differ from the
+  checkpoint's: the changed fields and the learning rate of the next step (step + 1) before and after. None when
+  nothing changed. The resumed run is then not the run the checkpoint's settings would have given."""
+  now = settings.train.optimizer
+  saved_train = meta['config'].get('train', {})
+  # A field the checkpoint predates counts as unchanged.
+  then = OptimizerSettings(**{f.name: saved_train.get(f.name, getattr(now, f.name))
+                              for f in dataclasses.fields(OptimizerSettings)})
+  changed = [f'train.{f.name} {getattr(then, f.name)!r} -> {getattr(now, f.name)!r}'
+             for f in dataclasses.fields(OptimizerSettings) if getattr(then, f.name) != getattr(now, f.name)]
+  if not changed:
+    return None
+  before, after = float(learning_rate_schedule(then)(step)), float(learning_rate_schedule(now)(step))
+  return (f'resuming from step {step} with a changed schedule: {", ".join(changed)}; the learning rate of step '
+          f'{step + 1} is {after:.3g} (the checkpoint\'s settings give {before:.3g}), so this run differs from one '
+          'that ran with the new settings from the start')
 
 
 def _default(section: str, name: str):

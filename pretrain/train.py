@@ -8,6 +8,7 @@ import pathlib
 import time
 
 import jax
+import jax.numpy as jnp
 from absl import logging
 
 from pretrain.data import pipeline as data_lib
@@ -22,7 +23,7 @@ from pretrain.runtime.errors import require
 from pretrain.runtime.files import check_writable_dir, write_atomic
 from pretrain.runtime.metrics_log import MetricsLog
 from pretrain.runtime.preemption import PreemptionWatch
-from pretrain.settings import PretrainSettings, check_batch_split, check_resumable
+from pretrain.settings import PretrainSettings, check_batch_split, check_resumable, schedule_change
 from pretrain.trainer import Trainer, flops_per_token, make_trainer
 
 
@@ -44,20 +45,30 @@ def _init_params(settings: PretrainSettings, trainer: Trainer, fresh_params: dic
   if 'sentence_head' in target and not from_checkpoint_meta(meta).sentence_head:
     del target['sentence_head']
     logging.info('init_checkpoint has no sentence head: it starts freshly initialised')
-  return {**fresh_params, **checkpoint_lib.restore_params(settings.init_checkpoint, target)}
+  params = checkpoint_lib.restore_params(settings.init_checkpoint, target)
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):  # a NaN start would make every step a skipped one
+    require(bool(jnp.all(jnp.isfinite(leaf))), f'init_checkpoint: parameter '
+            f'{".".join(str(getattr(k, "key", k)) for k in path)} of {settings.init_checkpoint} has non-finite values')
+  return {**fresh_params, **params}
 
 
 def _build_data(settings: PretrainSettings, tokenizer) -> data_lib.DataPipeline:
   """This process's data. Every process must tokenize alike: when the tokenizer is made from the data (trained on
-  it, or read from a prepared directory), process 0 makes it and sends it to the others."""
+  it, or read from a prepared directory), process 0 makes it and sends it to the others. Then the processes compare
+  what they read (pretrain/data/fingerprint.py); any difference stops every one of them with one line."""
   build = lambda tokenizer: data_lib.build_data(settings.data, **settings.data_arguments(),
                                                 process_index=jax.process_index(),
                                                 process_count=jax.process_count(), tokenizer=tokenizer)
-  if jax.process_count() == 1 or tokenizer is not None or settings.data.tokenizer:
+  if jax.process_count() == 1:
     return build(tokenizer)
-  data = build(None) if jax.process_index() == 0 else None
-  meta = distributed.broadcast_json({'tokenizer': data.tokenizer.to_meta()} if data is not None else None)
-  return data or build(tokenizer_from_meta(meta))
+  if tokenizer is not None or settings.data.tokenizer:
+    data = build(tokenizer)
+  else:
+    data = build(None) if jax.process_index() == 0 else None
+    meta = distributed.broadcast_json({'tokenizer': data.tokenizer.to_meta()} if data is not None else None)
+    data = data or build(tokenizer_from_meta(meta))
+  data.check_processes_agree(distributed.allgather_json(data.fingerprint))
+  return data
 
 
 def run(config, workdir: str) -> dict:
@@ -83,12 +94,10 @@ def _run(settings: PretrainSettings, workdir: str, init_tokenizer, preemption: P
   is_main = jax.process_index() == 0
 
   newest = checkpoint_lib.newest_meta(pathlib.Path(workdir) / 'checkpoints')  # read only: nothing is created yet
-  latest = newest[0] if newest else None
   tokenizer = init_tokenizer
   if newest is not None:  # the tokenizer travels with the checkpoint
-    saved_meta = newest[1]
-    check_resumable(settings, saved_meta, pathlib.Path(workdir) / 'checkpoints' / str(latest))
-    tokenizer = tokenizer_from_meta(saved_meta)
+    check_resumable(settings, newest[1], pathlib.Path(workdir) / 'checkpoints' / str(newest[0]))
+    tokenizer = tokenizer_from_meta(newest[1])
   data = _build_data(settings, tokenizer)
   meta = checkpoint_lib.make_meta(settings.as_config(), data.tokenizer)
   if is_main:
@@ -96,7 +105,7 @@ def _run(settings: PretrainSettings, workdir: str, init_tokenizer, preemption: P
     write_atomic(pathlib.Path(workdir) / 'config.json', settings.to_json(indent=2))
   checkpointer = checkpoint_lib.Checkpointer(workdir, keep=settings.train.keep_checkpoints)
   try:
-    summary = _train(settings, workdir, mesh, data, latest, checkpointer, meta, preemption)
+    summary = _train(settings, workdir, mesh, data, newest, checkpointer, meta, preemption)
     checkpointer.close()  # waits for the last save to commit
   except BaseException:
     checkpointer.abandon()
@@ -104,9 +113,10 @@ def _run(settings: PretrainSettings, workdir: str, init_tokenizer, preemption: P
   return summary
 
 
-def _train(settings: PretrainSettings, workdir: str, mesh, data: data_lib.DataPipeline, latest: int | None,
+def _train(settings: PretrainSettings, workdir: str, mesh, data: data_lib.DataPipeline, newest: tuple | None,
            checkpointer: checkpoint_lib.Checkpointer, meta: dict, preemption: PreemptionWatch) -> dict:
-  """Restores or initialises the state, compiles, and runs the loop with its logs, evals and checkpoints."""
+  """Restores (newest: (step, meta) of the newest checkpoint) or initialises the state, compiles, and runs the
+  loop with its logs, evals and checkpoints."""
   train = settings.train
   is_main = jax.process_index() == 0
   schedule = learning_rate_schedule(train.optimizer)
@@ -117,10 +127,13 @@ def _train(settings: PretrainSettings, workdir: str, mesh, data: data_lib.DataPi
     trainer = make_trainer(settings, mesh, data.tokenizer)
     objective = trainer.objective
     train_iter = data.train_iterator()
-    if latest is not None:
-      latest, state, data_state = checkpointer.restore_newest(trainer.abstract_state, latest)
+    if newest is not None:
+      latest, state, data_state = checkpointer.restore_newest(trainer.abstract_state, newest[0])
       train_iter.set_state(data_state)
       logging.info('resumed from %s at step %d', checkpointer.directory / str(latest), latest)
+      change = schedule_change(settings, newest[1], latest)
+      if change:
+        logging.warning('%s', change)
     else:
       state = trainer.init()
       if settings.init_checkpoint:
@@ -148,18 +161,8 @@ def _train(settings: PretrainSettings, workdir: str, mesh, data: data_lib.DataPi
                      peak_flops_per_s=accelerator.peak_flops_per_s * jax.device_count() if accelerator else None,
                      num_devices=jax.device_count())
     summary = {'compile_s': compile_s, 'preempted': False}
-    pending = []  # a log step's metrics, fetched once the next step is queued: the device never waits on the host
-    nonfinite = NonfiniteSteps(train.max_nonfinite_steps, str(checkpointer.directory))
+    nonfinite = NonfiniteSteps(train.max_nonfinite_steps, str(checkpointer.directory), workdir, step, is_main)
     last_flag = None  # the newest step's `nonfinite` flag, read once the next step is queued (or before a save)
-
-    def log_pending() -> None:
-      for logged_step, metrics in pending:
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items() if k != 'nonfinite'}
-        metrics['learning_rate'] = float(schedule(logged_step - 1))
-        metrics['skipped_steps'] = nonfinite.total
-        log.train(logged_step, metrics, settings.tokens_per_step)
-        summary.update(metrics)
-      pending.clear()
 
     def read_flag() -> None:
       nonlocal last_flag
@@ -167,37 +170,47 @@ def _train(settings: PretrainSettings, workdir: str, mesh, data: data_lib.DataPi
         nonfinite.record(*last_flag)
         last_flag = None
 
+    def log_step(metrics: dict) -> None:
+      """Waits for this step (and no later one: the next is not queued yet), so the line's rate covers exactly
+      the steps since the last line. Costs one pause of the device per line, while the host queues the next step."""
+      metrics = jax.device_get(metrics)
+      done_at = time.perf_counter()
+      read_flag()  # this step's: its skip counts in the line
+      metrics = {k: float(v) for k, v in metrics.items() if k != 'nonfinite'}
+      metrics['learning_rate'] = float(schedule(step - 1))
+      metrics['skipped_steps'] = nonfinite.total
+      log.train(step, metrics, settings.tokens_per_step, done_at)
+      summary.update(metrics)
+
     try:
       while step < stop_at:
         batch = sharding.global_batch_from_local(next(train_iter), trainer.batch_sharding)
         state, metrics = train_step(state, batch)
         step += 1
-        read_flag()
+        read_flag()  # the previous step's (the device has this one queued)
         last_flag = (step, metrics['nonfinite'])
-        log_pending()
-        if step % train.log_every == 0 or step == stop_at:
-          pending.append((step, metrics))
+        summary['preempted'] = preemption.reached(step)
+        checkpoint_now = step % train.checkpoint_every == 0 or step == stop_at or summary['preempted']
+        if step % train.log_every == 0 or checkpoint_now:  # a checkpointed step's line is on disk before its save
+          log_step(metrics)
         if step % train.eval_every == 0 or step == steps:
-          log_pending()
           summary.update(evaluate())
           log.eval(step, {k: v for k, v in summary.items() if k.startswith('eval_')})
           log.reset_clock(step)
-        summary['preempted'] = preemption.reached(step)
-        saved = False
-        if step % train.checkpoint_every == 0 or step == stop_at or summary['preempted']:
+        if checkpoint_now:
           read_flag()
-          if nonfinite.in_a_row:  # the state is the last good one, but its step counter says otherwise
-            logging.warning('step %d: no checkpoint after a non-finite step', step)
-          else:
-            checkpointer.save(step, state, train_iter.get_state(), meta)
-            saved = True
+          # After skipped steps the state is the last finite one with the step counter and data position past them:
+          # what the uninterrupted run holds at this step.
+          checkpointer.save(step, state, train_iter.get_state(), meta)
+          log.reset_clock(step)  # a save's pause is not step time (tools.benchmark measures it)
         if summary['preempted']:
-          logging.warning('preempted: stopped at step %d %s; rerun the same command to resume', step,
-                          'with a checkpoint' if saved else 'without one (a non-finite step)')
+          logging.warning('preempted: stopped at step %d with a checkpoint; rerun the same command to resume', step)
           break
       read_flag()
-      log_pending()
     finally:
       log.close()
+    if nonfinite.summary():
+      logging.warning('%s', nonfinite.summary())
+    summary['skipped_steps'] = nonfinite.total
   summary['step'] = step
   return summary

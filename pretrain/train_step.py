@@ -26,6 +26,7 @@ import optax
 from flax import nnx
 
 from pretrain import masking
+from pretrain.nonfinite import finite_update
 from pretrain.runtime.sharding import constrain
 
 EVAL_STEP = 2**30  # the 'step' eval masks are drawn from: fixed, so every evaluation sees the same masks
@@ -87,12 +88,11 @@ def make_steps(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, 
     grads, sums = mean_grads(state, batch)
     updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
     grad_norm = optax.tree_utils.tree_norm(grads)
-    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves((sums, grad_norm, updates))]))
     # A non-finite loss, gradient or update leaves the parameters and optimizer state as they were.
-    params = jax.tree.map(lambda p, u: jnp.where(finite, p + u.astype(p.dtype), p), state['params'], updates)
-    opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), opt_state, state['opt_state'])
+    params, opt_state, nonfinite = finite_update(state['params'], updates, opt_state, state['opt_state'], sums,
+                                                 grad_norm)
     metrics = {**objective.train_metrics(sums), 'grad_norm': grad_norm, 'predicted_tokens': sums['weight_sum'],
-               'nonfinite': 1.0 - finite.astype(jnp.float32)}
+               'nonfinite': nonfinite}
     new_state = {'step': state['step'] + 1, 'params': params, 'opt_state': opt_state, 'rng': state['rng']}
     return new_state, metrics
 

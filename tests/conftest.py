@@ -111,6 +111,13 @@ SLOW = {
     'test_pre_redesign.py::test_an_old_pretraining_workdir': 'test_an_old_checkpoint_fine_tunes',
     'test_plan.py::test_planned_state_is_the_real_states': 'test_cli_on_another_device_count_suggests_a_mesh...',
     'test_bench_input.py::test_stall_writes_checkpoints': 'test_benchmark: test_input_mode_reports_the_pipeline...',
+    'test_multihost_faults.py::test_sigterm_to_one_process': 'test_kill_resume: test_sigterm_checkpoints_the_...',
+    'test_multihost_faults.py::test_when_one_process_cannot_read': 'test_restore_errors: test_when_another_process_...',
+    'test_nonfinite.py::test_a_non_finite_last_step': 'test_bad_steps_are_skipped_...: checkpoints after skipped steps',
+    'test_loop_records.py::test_resuming_with_a_changed_schedule': 'test_schedule_change_names_only_the_...',
+    'test_data_fingerprint.py::test_resuming_on_a_changed_corpus': 'test_iterator_state_resumes_only_on_the_same_rows',
+    'test_finetune_faults.py::test_glue_rerun_after_more_pretraining': 'test_finetune: test_glue_script_on_two_...',
+    'test_finetune_faults.py::test_glue_reruns_a_preempted_run': 'test_sigterm_keeps_the_best_finished_epoch_...',
 }
 
 

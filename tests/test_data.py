@@ -41,7 +41,7 @@ def make_config(source: str, tokenizer: str = '', **overrides) -> ml_collections
   config = ml_collections.ConfigDict({
       'seed': 0,
       'data': {'source': source, 'seq_len': SEQ_LEN, 'tokenizer': str(tokenizer), 'eval_fraction': 0.1,
-               'max_doc_chars': 100_000, 'num_workers': 0},
+               'max_doc_chars': 100_000, 'num_workers': 0, 'allow_source_change': False},
       'model': {'vocab_size': VOCAB},
       'train': {'batch_size': BATCH},
   })
@@ -150,7 +150,7 @@ def test_resume_from_saved_state_equals_uninterrupted(config, pipeline):
   resumed.set_state(state)
   for a, b in zip(expected, take(resumed, 3)):
     assert all(np.array_equal(a[k], b[k]) for k in a)
-  assert resumed.get_state() == {'step': 8}
+  assert resumed.get_state() == {'step': 8, 'fingerprint': pipeline.fingerprint}
   with pytest.raises(ConfigError, match='data iterator state'):
     resumed.set_state({'next_index': 3})
 
@@ -220,7 +220,7 @@ def test_worker_processes_give_the_same_batches_and_state(config, pipeline):
   it = workers.train_iterator()
   try:
     got = take(it, 4)
-    assert it.get_state() == {'step': 4}
+    assert it.get_state() == {'step': 4, 'fingerprint': pipeline.fingerprint}
   finally:
     it.close()
   for a, b in zip(take(pipeline.train_iterator(), 4), got):

@@ -81,6 +81,7 @@ def test_glue_script_on_two_tasks_writes_their_results_and_a_rerun_reuses_them(c
   assert result.returncode == 0, result.stderr[-3000:]
   out = json.loads((tmp_path / 'glue_results.json').read_text())
   assert set(out['tasks']) == {'stsb', 'mrpc'}
+  assert (out['checkpoint_step'], out['checkpoint_dir']) == (3, str(checkpoint / 'checkpoints' / '3'))
   mrpc = json.loads((tmp_path / 'mrpc' / 'seed_0' / 'results.json').read_text())
   assert len(mrpc['epochs']) == 2  # the per-task override
   assert out['tasks']['mrpc']['dev/f1']['values'] == pytest.approx([100 * mrpc['dev']['f1']])
@@ -181,6 +182,7 @@ def _edited_checkpoint(checkpoint, tmp_path, **model_fields):
     (lambda c, ck, g, t: setattr(c.data, 'source', 'hub:glue'), "data.source: expected 'glue_dir:PATH'"),
     (lambda c, ck, g, t: setattr(c.data, 'max_length', 512), r"data\.max_length: 512 exceeds the checkpoint's"),
     (lambda c, ck, g, t: setattr(c.train, 'epochs', 0), r'train\.epochs: must be positive'),
+    (lambda c, ck, g, t: setattr(c.train, 'max_nonfinite_steps', 0), r'train\.max_nonfinite_steps: must be positive'),
     (lambda c, ck, g, t: setattr(c, 'pooling', 'max'), r"pooling: 'max' is not one of \('auto', 'mean'\)"),
     (lambda c, ck, g, t: setattr(c.train, 'schedule', 'step'), r"train\.schedule: 'step' is not one of"),
     (lambda c, ck, g, t: setattr(c.train, 'batch_size', 12), r'train\.batch_size: 12 is not divisible by the '

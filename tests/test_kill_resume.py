@@ -52,6 +52,18 @@ def test_soak_detects_a_run_that_does_not_end_identically(soaked, tmp_path):
     kill_soak.compare(reference, behind, STEPS)
 
 
+def test_soak_detects_a_metrics_line_lost_to_a_kill(soaked, tmp_path):
+  """compare() reads every line of metrics.jsonl, not only the losses a restart rewrites: the line of a committed
+  step that a kill took before it reached the disk is a failure (the resume keeps lines up to its step)."""
+  lost = tmp_path / 'lost'
+  reference = soaked[0] / 'reference'
+  shutil.copytree(reference, lost)
+  lines = (lost / 'metrics.jsonl').read_text().splitlines()
+  (lost / 'metrics.jsonl').write_text(''.join(l + '\n' for l in lines if '"step": 10,' not in l or 'eval' in l))
+  with pytest.raises(kill_soak.SoakFailure, match=r'metrics.jsonl differs from the uninterrupted run\'s at line 10'):
+    kill_soak.compare(reference, lost, STEPS)
+
+
 def test_sigterm_checkpoints_the_current_step_exits_0_and_the_rerun_resumes_exactly(soaked, tmp_path):
   """No regular checkpoint falls inside the run (checkpoint_every is past its end), so the one found after the
   SIGTERM can only be the preemption's own; the signal goes out after the odd step 9."""

@@ -6,13 +6,15 @@ import pathlib
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
+from pydoc_data import topics
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 6
-MODEL_ARGS = ['--config', 'configs/pretrain_mlm.py:size=tiny', '--config.model.num_layers=2',
+MODEL_ARGS = ['--config', f'{ROOT}/configs/pretrain_mlm.py:size=tiny', '--config.model.num_layers=2',
               '--config.model.hidden_size=64', '--config.model.num_heads=4', '--config.model.mlp_dim=128',
               '--config.model.vocab_size=400', '--config.data.seq_len=32', '--config.train.batch_size=8',
               f'--config.train.steps={STEPS}', '--config.train.warmup_steps=2', '--config.train.log_every=1',
@@ -29,14 +31,16 @@ def _mesh_args(data, fsdp, tensor):
   return [f'--config.mesh.data={data}', f'--config.mesh.fsdp={fsdp}', f'--config.mesh.tensor={tensor}']
 
 
-def _start(workdir, processes, mesh, *extra, slurm=False, stderr=None) -> list[subprocess.Popen]:
+def _start(workdir, processes, mesh, *extra, slurm=False, stderr=None, cwds=None) -> list[subprocess.Popen]:
   """Starts `python -m pretrain` as `processes` processes of 4 / processes CPU devices each (4 devices in all).
 
   The processes find each other through the three cluster flags, or (slurm=True) through the environment
   variables srun sets, which jax.distributed auto-detects. stderr: one open file per process, else pipes.
+  cwds: each process's working directory (default: the repository).
   """
   devices = 4 // processes
-  env = dict(os.environ, JAX_PLATFORMS='cpu',
+  python_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get('PYTHONPATH')]))  # for cwds elsewhere
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=python_path,
              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices} '
                        '--xla_cpu_collective_call_terminate_timeout_seconds=600 '
                        '--xla_cpu_collective_timeout_seconds=600')
@@ -52,20 +56,25 @@ def _start(workdir, processes, mesh, *extra, slurm=False, stderr=None) -> list[s
                  '--process_id', str(i)]
     procs.append(subprocess.Popen(
         [sys.executable, '-m', 'pretrain', *MODEL_ARGS, '--workdir', str(workdir), *_mesh_args(*mesh), *cluster,
-         *extra], cwd=ROOT, env=dict(env), stdout=subprocess.DEVNULL,
+         *extra], cwd=cwds[i] if cwds else ROOT, env=dict(env), stdout=subprocess.DEVNULL,
         stderr=stderr[i] if stderr else subprocess.PIPE, text=True))
   return procs
+
+
+def _finish(procs, timeout: int = 600) -> list[str]:
+  """Each process's stderr once all have exited (any still running after `timeout` is killed)."""
+  try:
+    return [proc.communicate(timeout=timeout)[1] for proc in procs]
+  finally:
+    for proc in procs:
+      if proc.poll() is None:
+        proc.kill()
 
 
 def _train(workdir, processes, mesh, *extra, slurm=False):
   """_start, then each process's stderr once all have exited with code 0."""
   procs = _start(workdir, processes, mesh, *extra, slurm=slurm)
-  try:
-    outputs = [proc.communicate(timeout=600)[1] for proc in procs]
-  finally:
-    for proc in procs:
-      if proc.poll() is None:
-        proc.kill()
+  outputs = _finish(procs)
   for proc, err in zip(procs, outputs):
     assert proc.returncode == 0, err[-3000:]
   return outputs
@@ -107,6 +116,30 @@ def test_one_process_checkpoint_resumes_in_two_slurm_processes_on_another_mesh(t
   assert 'auto-detected SlurmCluster' in outputs[0] and 'process 0 of 2' in outputs[0]
   assert 'resumed from' in outputs[0]
   _assert_same_losses(tmp_path, one_process_run)
+
+
+def test_processes_that_read_different_files_all_stop_with_one_line_naming_them(tmp_path):
+  texts = [topics.topics[key] for key in sorted(topics.topics)[:6]]
+  for process, count in ((0, 6), (1, 5)):  # process 1's copy lacks a file
+    (tmp_path / f'host{process}' / 'corpus').mkdir(parents=True)
+    for i, text in enumerate(texts[:count]):
+      (tmp_path / f'host{process}' / 'corpus' / f'{i}.txt').write_text(text)
+  procs = _start(tmp_path / 'run', 2, (4, 1, 1), '--config.data.source=text:corpus/*.txt',
+                 cwds=[tmp_path / 'host0', tmp_path / 'host1'])
+  deadline = time.monotonic() + 60  # both stop by themselves; the peer watchdog would take 100 s
+  try:
+    errors = [proc.communicate(timeout=max(1, deadline - time.monotonic()))[1] for proc in procs]
+  finally:
+    for proc in procs:
+      if proc.poll() is None:
+        proc.kill()
+  lines = [err.strip().splitlines()[-1] for err in errors]
+  assert [proc.returncode for proc in procs] == [2, 2], errors[0][-3000:]
+  assert lines[0] == lines[1]
+  assert lines[0].startswith("error: data.source: processes disagree on what 'text:corpus/*.txt' holds: process 0 "
+                             'read 6 documents / ')
+  assert ', process 1 read 5 documents / ' in lines[0] and lines[0].endswith('every process must see the same files')
+  assert os.listdir(tmp_path / 'run') == []  # stopped before anything was written: no checkpoint, no config.json
 
 
 def test_incomplete_cluster_flags_name_the_missing_flag(tmp_path):

@@ -116,7 +116,7 @@ def test_grain_worker_processes_give_the_same_batches(prepared_dir, in_memory):
   it = data.train_iterator()
   try:
     got = take(it, 4)
-    assert it.get_state() == {'step': 4}
+    assert it.get_state() == {'step': 4, 'fingerprint': data.fingerprint}
   finally:
     it.close()
   assert_same_batches(take(in_memory.train_iterator(), 4), got)

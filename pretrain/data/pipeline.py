@@ -5,7 +5,9 @@ Packing (pretrain/data/packing.py): each document becomes [cls] + ids + [sep]; t
 are concatenated in corpus order and cut into rows of seq_len.
 Train order: grain MapDataset over row indices, shuffled with the seed and reshuffled every epoch,
 repeated forever, batched to the GLOBAL batch; process p keeps rows [p*local, (p+1)*local) of each batch,
-so a step's data does not depend on the process count. Iterator state is {'step': n} for any num_workers.
+so a step's data does not depend on the process count. Iterator state is {'step': n, 'fingerprint': {...}} for any
+num_workers; the fingerprint (pretrain/data/fingerprint.py: counts and a hash of the rows) stops a resume on a
+changed corpus unless data.allow_source_change (a state without one, from older checkpoints, is not checked).
 Eval: held-out rows in fixed order; the last incomplete batch is padded with all-padding rows
 (segment_ids 0), so loss weights must come from segment_ids > 0.
 Row stores: batches read rows by index through packing.Rows (`__len__`, `batch(ids)`): PackedRows in memory, or
@@ -28,7 +30,7 @@ from absl import flags
 import grain
 import numpy as np
 
-from pretrain.data import prepared, sentence_pairs, sources
+from pretrain.data import fingerprint, prepared, sentence_pairs, sources
 from pretrain.data.packing import Rows, pack
 from pretrain.data.settings import DataSettings
 from pretrain.data.split import split_eval
@@ -51,6 +53,9 @@ class DataPipeline:
   num_workers: int
   train_rows: Rows
   eval_rows: Rows
+  source: str  # data.source
+  fingerprint: dict[str, Any]  # what this process read (pretrain/data/fingerprint.py), JSON-able
+  allow_source_change: bool = False  # data.allow_source_change: resume on other rows with a warning
 
   @property
   def local_batch(self) -> int:
@@ -69,8 +74,13 @@ class DataPipeline:
     return it
 
   def train_iterator(self) -> grain.DatasetIterator:
-    """A fresh iterator from step 0; state {'step': n} (same for any num_workers), resumes exactly."""
+    """A fresh iterator from step 0; state {'step': n, 'fingerprint': {...}} (same for any num_workers), resumes
+    exactly."""
     return _TrainIterator(self)
+
+  def check_processes_agree(self, fingerprints: Sequence[dict[str, Any]]) -> None:
+    """One ConfigError naming data.source unless every process (fingerprints in process order) read alike."""
+    fingerprint.check_processes_agree(self.source, fingerprints)
 
   def eval_batches(self, max_batches: int) -> list[dict[str, np.ndarray]]:
     """The first max_batches eval batches in fixed order; the last one padded with segment-0 rows."""
@@ -96,13 +106,19 @@ class _TrainIterator(grain.DatasetIterator):
     self._step += 1
     return batch
 
-  def get_state(self) -> dict[str, int]:
-    return {'step': self._step}
+  def get_state(self) -> dict[str, Any]:
+    return {'step': self._step, 'fingerprint': dict(self._pipeline.fingerprint)}
 
   def set_state(self, state: dict[str, Any]) -> None:
+    """Resumes at state['step']; a state with another fingerprint (a checkpoint's, of a changed corpus) is a
+    ConfigError naming data.source, or a warning with data.allow_source_change."""
     step = state.get('step') if isinstance(state, dict) else None
-    require(isinstance(step, (int, np.integer)) and step >= 0,
-            f'data iterator state: expected {{"step": n >= 0}}, got {state!r}')
+    saved = state.get('fingerprint', {}) if isinstance(state, dict) else None
+    require(isinstance(step, (int, np.integer)) and step >= 0 and isinstance(saved, dict),
+            f'data iterator state: expected {{"step": n >= 0, "fingerprint": {{...}}}}, got {state!r}')
+    data = self._pipeline
+    if saved:
+      fingerprint.check_resume(data.source, saved, data.fingerprint, int(step), data.allow_source_change)
     self._close_inner()
     self._step = int(step)
 
@@ -155,18 +171,21 @@ def build_data(data: DataSettings, *, batch_size: int, vocab_size: int, seed: in
                                     eval_fraction=data.eval_fraction, max_doc_chars=data.max_doc_chars)
     _check_vocab_size(corpus.tokenizer, corpus.tokenizer_path, vocab_size)
     tokenizer, counts, train_rows, eval_rows = corpus.tokenizer, corpus.counts, corpus.train_rows, corpus.eval_rows
+    read = corpus.fingerprint
   else:
     tokenizer, counts, train_rows, eval_rows = _read_and_pack(
         data, vocab_size=vocab_size, seed=seed, tokenizer=tokenizer, sentence_task=sentence_task)
+    read = fingerprint.of_rows(counts, train_rows, eval_rows)
   require(len(train_rows) >= batch_size,
           f'train.batch_size: {batch_size} exceeds the {len(train_rows)} training rows of data.seq_len '
           f"{seq_len} that data.source '{source}' gives; lower the batch or add text")
 
   stats = dict(counts, vocab_size=tokenizer.vocab_size)
-  log.info('data %s: %s', source, ' '.join(f'{k}={v}' for k, v in stats.items()))
+  log.info('data %s: %s hash=%s', source, ' '.join(f'{k}={v}' for k, v in stats.items()), read['hash'])
   return DataPipeline(tokenizer=tokenizer, stats=stats, seq_len=seq_len, global_batch=batch_size,
                       process_index=process_index, process_count=process_count, seed=seed % 2**32,
-                      num_workers=data.num_workers, train_rows=train_rows, eval_rows=eval_rows)
+                      num_workers=data.num_workers, train_rows=train_rows, eval_rows=eval_rows, source=source,
+                      fingerprint=read, allow_source_change=data.allow_source_change)
 
 
 def _read_and_pack(data: DataSettings, *, vocab_size: int, seed: int, tokenizer: Tokenizer | None,

@@ -25,6 +25,7 @@ from typing import Any
 import grain
 import numpy as np
 
+from pretrain.data import fingerprint
 from pretrain.data.packing import KindRows
 from pretrain.data.tokenizer import Tokenizer
 from pretrain.runtime.errors import ConfigError, first_line, require
@@ -90,6 +91,7 @@ class PreparedCorpus:
   counts: dict[str, int]  # sources.SourceStats fields and SPLIT_COUNTS
   train_rows: ArrayRecordRows
   eval_rows: ArrayRecordRows
+  fingerprint: dict[str, Any]  # fingerprint.of_prepared: alike in every process
 
 
 def open_prepared(source: str, *, seq_len: int, tokenizer: Tokenizer | None = None, tokenizer_path: str = '',
@@ -137,7 +139,9 @@ def open_prepared(source: str, *, seq_len: int, tokenizer: Tokenizer | None = No
       raise ConfigError(f'{where}: cannot read its {split} shards ({first_line(e)})') from None
     expected = manifest['counts'][f'{split}_rows']
     require(count == expected, f'{where}: its {split} shards hold {count} rows, prepared.json says {expected}')
-  return PreparedCorpus(own, str(own_path), dict(manifest['counts']), rows['train'], rows['eval'])
+  shards = rows['train'].paths + rows['eval'].paths
+  return PreparedCorpus(own, str(own_path), dict(manifest['counts']), rows['train'], rows['eval'],
+                        fingerprint.of_prepared(manifest, shards, own.to_bytes()))
 
 
 def read_manifest(root: pathlib.Path, where: str) -> dict[str, Any]:

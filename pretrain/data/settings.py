@@ -17,6 +17,7 @@ class DataSettings:
   eval_fraction: float = 0.02  # documents held out for evaluation, chosen by a hash of their text
   max_doc_chars: int = 100_000  # longer documents are split
   num_workers: int = 0  # grain worker processes reading batches
+  allow_source_change: bool = False  # resume on rows other than the checkpoint's (a warning instead of an error)
 
   def __post_init__(self):
     scheme, sep, _ = str(self.source).partition(':')
@@ -26,6 +27,8 @@ class DataSettings:
     require(0 <= self.eval_fraction < 1, f'data.eval_fraction: must be in [0, 1), got {self.eval_fraction}')
     require(self.max_doc_chars >= 1, f'data.max_doc_chars: must be >= 1, got {self.max_doc_chars}')
     require(self.num_workers >= 0, f'data.num_workers: must be >= 0, got {self.num_workers}')
+    require(isinstance(self.allow_source_change, bool),
+            f'data.allow_source_change: must be true or false, got {self.allow_source_change!r}')
 
   @property
   def prepared(self) -> bool:

@@ -6,9 +6,13 @@
 
 A step counts only once Orbax has committed it: written under a temporary name, renamed into place, with
 `commit_success.txt` written last. On start, a step directory without that marker (a save cut short, a partial
-copy) and a committed step that fails to restore (a truncated file) are moved to WORKDIR/corrupt_checkpoints/
-with a warning naming them, and the newest good step is used. Keep-N is ours, not Orbax's (which deletes old
-steps even when the newer save failed): old steps are deleted only once every save has committed.
+copy) and a committed step that is known to be corrupt (a torn JSON or metadata file, a truncated or undecodable
+array file, a missing file) are moved to WORKDIR/corrupt_checkpoints/ with a warning naming them, and the newest
+good step is used. Any other error while reading the newest step (an I/O error, a timeout, a stale file handle, a
+permission denied, out of memory, a sharding the arrays cannot be laid out with) stops the run with a RestoreError,
+one line naming the step and the error, and moves nothing (pretrain/runtime/restore_errors.py tells them apart).
+All processes of a job take the same decision. Keep-N is ours, not Orbax's (which deletes old steps even when the
+newer save failed): old steps are deleted only once every save has committed.
 
 `restore_params` is the cheap params-only path used by finetune and the tools.
 """
@@ -18,28 +22,17 @@ import json
 import logging
 import os
 import pathlib
-import re
 from typing import Any
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
+from pretrain.runtime import distributed
 from pretrain.runtime.errors import ConfigError, JobError
+from pretrain.runtime.restore_errors import RestoreError, describe, known_corruption, one_line, os_reason
 
 FORMAT_VERSION = 1
 COMMIT_MARKER = 'commit_success.txt'  # Orbax writes it into a step directory last
-
-
-class _NoItemMetadataWarning(logging.Filter):
-  """Orbax warns that an item dir has no _CHECKPOINT_METADATA (it lives one level up) whenever we read the
-  stored shapes of a step's state item: expected, so dropped."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return 'Metadata file does not exist' not in record.getMessage()
-
-
-logging.getLogger('absl').addFilter(_NoItemMetadataWarning())
 
 
 class CheckpointWriteError(JobError):
@@ -50,12 +43,20 @@ def committed(step_dir: pathlib.Path) -> bool:
   return (step_dir / COMMIT_MARKER).is_file()
 
 
-def _everywhere(ok: bool) -> bool:
-  """True when `ok` holds on every process (one collective in multi-process jobs)."""
-  if jax.process_count() == 1:
-    return ok
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+def _outcome(e: BaseException) -> list:
+  return ['corrupt' if known_corruption(e) else 'stop', describe(e)]
+
+
+def _agree(outcome: list | None, step_dir: pathlib.Path, what: str = '') -> list:
+  """Every process's outcome of reading a step (None: it read): one collective in multi-process jobs. Raises the
+  same RestoreError on every process when any of them met anything but known corruption."""
+  outcomes = distributed.allgather_json(outcome)
+  for process, found in enumerate(outcomes):
+    if found and found[0] == 'stop':
+      where = f' on process {process} of {len(outcomes)}' if len(outcomes) > 1 else ''
+      raise RestoreError(f'checkpoint: step {step_dir.name} ({step_dir}){what} did not restore{where}: {found[1]}; '
+                         'not known corruption, so nothing was moved aside: fix the cause and rerun to resume')
+  return outcomes
 
 
 class Checkpointer:
@@ -104,40 +105,44 @@ class Checkpointer:
           state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state), meta=ocp.args.JsonSave(meta)))
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
-    """abstract_state: ShapeDtypeStructs carrying the target shardings (any mesh)."""
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
-        meta=ocp.args.JsonRestore()))
-    return restored['state'], restored['data'], restored['meta']
+    """abstract_state: ShapeDtypeStructs carrying the target shardings (any mesh).
+
+    Read through the item handlers, not the CheckpointManager, whose restore ends in a collective barrier that a
+    process whose read failed never reaches (the others would then pair it with restore_newest's vote and abort)."""
+    step_dir = self.directory / str(step)
+    handler = ocp.StandardCheckpointHandler()
+    try:
+      state = handler.restore(step_dir / 'state', args=ocp.args.StandardRestore(abstract_state))
+    finally:
+      handler.close()
+    data_state, meta = (ocp.JsonCheckpointHandler().restore(step_dir / item) for item in ('data', 'meta'))
+    return state, data_state, meta
 
   def restore_newest(self, abstract_state: Any, newest: int) -> tuple[int, Any, dict]:
     """(step, state, data state) of the newest step <= `newest` that restores whole on every process.
 
-    Steps that fail (a truncated or missing file) are set aside once an older one has restored; when none
-    restores, nothing is moved and a ConfigError names them all."""
+    Known-corrupt steps are set aside once an older one has restored; when none restores, nothing is moved and a
+    ConfigError names them all. Any other error stops with a RestoreError (restore_errors.py)."""
     failed = []
     for step in reversed(self.manager.all_steps()):
       if step > newest:  # newest_meta could not read it
         failed.append((step, 'its meta item does not read'))
         continue
+      step_dir = self.directory / str(step)
       try:
-        step_dir = self.directory / str(step)
         _check_shapes(abstract_state['params'], _stored_params(step_dir), step_dir)  # a new config: ConfigError
-        state, data_state, _ = self.restore(step, abstract_state)
-        ok = True
+        (state, data_state, _), outcome = self.restore(step, abstract_state), None
       except ConfigError:
         raise
       except Exception as e:  # pylint: disable=broad-except
-        ok, state, data_state = False, None, None
-        failed.append((step, f'{type(e).__name__}: {_short(e)}'))
-      if not ok:
+        state, data_state, outcome = None, None, _outcome(e)
         gc.collect()  # the failed restore's pending reads are finalised now, not inside some later call
-      if _everywhere(ok):
+      outcomes = _agree(outcome, step_dir)
+      if not any(outcomes):
         for bad_step, reason in failed:
           self.set_aside(bad_step, f'it does not restore ({reason})')
         return step, state, data_state
-      if ok:
-        failed.append((step, 'it does not restore on another process'))
+      failed.append((step, outcome[1] if outcome else 'it does not restore on another process'))
     raise ConfigError(f'checkpoint: no checkpoint under {self.directory} restores ('
                       + '; '.join(f'step {s}: {r}' for s, r in failed)
                       + '); move them away to start afresh in this workdir')
@@ -162,7 +167,7 @@ class Checkpointer:
     try:
       self.manager.close()
     except Exception as e:  # pylint: disable=broad-except
-      logging.warning('checkpoint: the save in flight failed as well: %s', _short(e))
+      logging.warning('checkpoint: the save in flight failed as well: %s', one_line(e))
 
   @contextlib.contextmanager
   def _write_errors(self):
@@ -175,34 +180,26 @@ class Checkpointer:
         raise  # not the filesystem (e.g. a collective that failed because another process died)
       good = [s for s in self.manager.all_steps() if committed(self.directory / str(s))]
       raise CheckpointWriteError(
-          f'checkpoint: writing to {self.directory} failed ({_os_error(e)}); the committed checkpoints '
+          f'checkpoint: writing to {self.directory} failed ({os_reason(e)}); the committed checkpoints '
           f'(steps {good}) are intact: free space or fix the directory, then rerun to resume') from e
-
-
-def _os_error(e: BaseException) -> str:
-  """The operating system's reason when a (TensorStore) error carries one, e.g. 'No space left on device'."""
-  if isinstance(e, OSError) and e.strerror:
-    return e.strerror
-  code = re.search(r"os_error_code='?(\d+)", str(e))
-  return os.strerror(int(code.group(1))) if code else f'{type(e).__name__}: {_short(e)}'
-
-
-def _short(e: BaseException, limit: int = 300) -> str:
-  text = ' '.join(str(e).split())
-  return text if len(text) <= limit else text[:limit] + '...'
 
 
 def newest_meta(directory: pathlib.Path) -> tuple[int, dict] | None:
   """(step, meta) of the newest committed step under `directory` whose meta item reads; None if there is none.
 
-  Reads only: a step that fails is warned about here and set aside when the Checkpointer restores."""
+  All processes call it. Reads only: a known-corrupt meta item is warned about here (and its step set aside when
+  the Checkpointer restores); any other error raises a RestoreError."""
   steps = sorted((int(p.name) for p in directory.glob('*') if p.name.isdigit() and committed(p)), reverse=True)
   for step in steps:
     try:
-      return step, ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(directory / str(step) / 'meta')
-    except Exception as e:  # pylint: disable=broad-except  # a torn or truncated item
-      logging.warning('checkpoint %s: its meta item does not read (%s: %s); trying an older step',
-                      directory / str(step), type(e).__name__, _short(e))
+      meta, outcome = ocp.JsonCheckpointHandler().restore(directory / str(step) / 'meta'), None  # no barrier
+    except Exception as e:  # pylint: disable=broad-except
+      meta, outcome = None, _outcome(e)
+    outcomes = _agree(outcome, directory / str(step), ': its meta item')
+    if not any(outcomes):
+      return step, meta
+    logging.warning('checkpoint %s: its meta item does not read (%s); trying an older step', directory / str(step),
+                    outcome[1] if outcome else 'on another process')
   return None
 
 
@@ -262,9 +259,14 @@ def read_checked_meta(path: str | os.PathLike, field: str) -> tuple[pathlib.Path
 
 
 def _stored_params(step_dir: pathlib.Path) -> dict:
-  metadata = ocp.PyTreeCheckpointer().metadata(step_dir / 'state')
-  tree = getattr(metadata, 'item_metadata', metadata)
-  return getattr(tree, 'tree', tree)['params']
+  """The stored shapes of the state item's params. Read through the handler: the Checkpointer would log and swallow
+  a failed read (an I/O error as well as a torn file)."""
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    metadata = handler.metadata(step_dir / 'state')
+  finally:
+    handler.close()
+  return getattr(metadata, 'tree', metadata)['params']
 
 
 def _check_shapes(abstract_params: Any, stored: dict, step_dir: pathlib.Path) -> None:

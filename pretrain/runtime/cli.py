@@ -1,4 +1,8 @@
-"""Command-line conventions shared by the entry points: bad flags and configs give one line and exit code 2."""
+"""Command-line conventions shared by the entry points: bad flags and configs give one line and exit code 2.
+
+Errors the user can act on are one line, `error: ...`, last on stderr. FLAX_PRETRAIN_TRACEBACK=1 in the environment
+prints the full traceback above that line too, for bug reports.
+"""
 import argparse
 import atexit
 import importlib
@@ -6,6 +10,7 @@ import logging as pylogging
 import os
 import re
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import Any, Callable, NoReturn
 
@@ -16,8 +21,19 @@ from pretrain.runtime import peer_watchdog
 from pretrain.runtime.errors import ConfigError, JobError
 
 
-def fail(message: str, code: int = 2) -> NoReturn:
+TRACEBACK_SWITCH = 'FLAX_PRETRAIN_TRACEBACK'
+
+
+def print_error(message: str) -> None:
+  """`error: message` on stderr; with FLAX_PRETRAIN_TRACEBACK=1, the traceback of the exception being handled
+  first (the one-line errors hide it)."""
+  if os.environ.get(TRACEBACK_SWITCH, '') not in ('', '0') and sys.exc_info()[0] is not None:
+    traceback.print_exc()
   print(f'error: {message}', file=sys.stderr)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+  print_error(message)
   sys.exit(code)
 
 
@@ -70,7 +86,7 @@ def _fail_now(message: str) -> NoReturn:
   the interpreter's shutdown would add the tracebacks of library threads whose work failed with it."""
   atexit._run_exitfuncs()  # pylint: disable=protected-access  # jax.distributed's shutdown, the peer watchdog's
   logging.flush()
-  print(f'error: {message}', file=sys.stderr)
+  print_error(message)
   sys.stdout.flush()
   sys.stderr.flush()
   os._exit(1)  # pylint: disable=protected-access
@@ -128,6 +144,6 @@ def tool_main(parse_args: Callable[[Sequence[str] | None], Any], run: Callable[[
   try:
     run(args)
   except ConfigError as e:
-    print(f'error: {e}', file=sys.stderr)
+    print_error(str(e))
     return 2
   return 0

@@ -98,3 +98,15 @@ def broadcast_json(value=None):
   buffer = np.frombuffer(data, np.uint8) if is_source else np.zeros(size, np.uint8)
   return json.loads(bytes(np.asarray(multihost_utils.broadcast_one_to_all(buffer))).decode())
 
+
+def allgather_json(value) -> list:
+  """Every process's JSON-serialisable value, in process order, on every process. [value] in one process."""
+  if jax.process_count() == 1:
+    return [value]
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  data = json.dumps(value).encode()
+  sizes = np.asarray(multihost_utils.process_allgather(np.int32(len(data)))).reshape(-1)
+  buffer = np.zeros(int(sizes.max()), np.uint8)  # [longest]: every process gathers the same shape
+  buffer[:len(data)] = np.frombuffer(data, np.uint8)
+  rows = np.asarray(multihost_utils.process_allgather(buffer))  # [processes, longest]
+  return [json.loads(bytes(row[:size]).decode()) for row, size in zip(rows, sizes)]

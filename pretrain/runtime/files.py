@@ -10,15 +10,31 @@ from pretrain.runtime.errors import ConfigError
 
 
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
-  """Writes data to a temporary file beside path, then renames it into place."""
+  """Writes data to a temporary file beside path, flushed to disk, then renames it into place and flushes the
+  directory: after a crash or power loss `path` holds the old contents or the new, never a torn or empty file."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(f'{path.name}.tmp.{os.getpid()}')
-  if isinstance(data, bytes):
-    tmp.write_bytes(data)
-  else:
-    tmp.write_text(data, encoding='utf-8')
+  with open(tmp, 'wb') as f:
+    f.write(data if isinstance(data, bytes) else data.encode('utf-8'))
+    f.flush()
+    os.fsync(f.fileno())
   os.replace(tmp, path)
+  fsync_directory(path.parent)
+
+
+def fsync_directory(path: str | os.PathLike) -> None:
+  """Makes a rename or a new file in directory `path` durable (a no-op where directories cannot be opened)."""
+  try:
+    fd = os.open(path, os.O_RDONLY)
+  except OSError:
+    return
+  try:
+    os.fsync(fd)
+  except OSError:  # some filesystems (e.g. some FUSE mounts) refuse fsync on a directory
+    pass
+  finally:
+    os.close(fd)
 
 
 def check_output_dir(path: str | os.PathLike, field: str = '--out') -> pathlib.Path:

@@ -90,11 +90,14 @@ class MetricsLog:
       self.writer.flush()
 
   def reset_clock(self, step: int) -> None:
-    """Restarts the throughput clock (after compilation or an evaluation, which are not training time)."""
+    """Restarts the throughput clock (after an evaluation or a checkpoint save, which are not step time)."""
     self.last_time, self.last_step = time.perf_counter(), step
 
-  def train(self, step: int, metrics: dict, tokens_per_step: int) -> None:
-    now = time.perf_counter()
+  def train(self, step: int, metrics: dict, tokens_per_step: int, done_at: float | None = None) -> None:
+    """done_at: the time.perf_counter() at which `step` was known to be finished (default: now). The rate covers
+    the steps since the last line (or reset_clock): the caller must have waited for `step`, and for no later
+    step, by then."""
+    now = time.perf_counter() if done_at is None else done_at
     seconds_per_step = (now - self.last_time) / max(step - self.last_step, 1)
     self.last_time, self.last_step = now, step
     record = {'step': step, **{k: float(v) for k, v in metrics.items()},
