@@ -219,17 +219,14 @@ def final_state(workdir: pathlib.Path, step: int) -> tuple[dict, dict]:
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   step_dir = workdir / 'checkpoints' / str(step)
   checkpointer = ocp.PyTreeCheckpointer()
-  metadata = checkpointer.metadata(step_dir / 'state')
-  tree = getattr(metadata, 'item_metadata', metadata)
-  tree = getattr(tree, 'tree', tree)
-  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), checkpoint_lib.stored_state(step_dir))
   state = checkpointer.restore(step_dir / 'state', args=ocp.args.PyTreeRestore(restore_args=as_numpy))
   data = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(step_dir / 'data')
   return state, data
 
 
 def compare(reference: pathlib.Path, killed: pathlib.Path, step: int) -> None:
-  """Raises unless both workdirs' checkpoints at `step` and their logged train losses are identical."""
+  """Raises unless both workdirs' checkpoints at `step` and their metrics.jsonl (but the timings) are identical."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   (ref_state, ref_data), (state, data) = final_state(reference, step), final_state(killed, step)

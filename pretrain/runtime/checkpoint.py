@@ -258,15 +258,19 @@ def read_checked_meta(path: str | os.PathLike, field: str) -> tuple[pathlib.Path
   return step_dir, meta
 
 
-def _stored_params(step_dir: pathlib.Path) -> dict:
-  """The stored shapes of the state item's params. Read through the handler: the Checkpointer would log and swallow
-  a failed read (an I/O error as well as a torn file)."""
+def stored_state(step_dir: pathlib.Path) -> dict:
+  """The stored tree of a step's state item (shapes and dtypes, no arrays read). Read through the handler: the
+  Checkpointer would log and swallow a failed read (an I/O error as well as a torn file)."""
   handler = ocp.PyTreeCheckpointHandler()
   try:
     metadata = handler.metadata(step_dir / 'state')
   finally:
     handler.close()
-  return getattr(metadata, 'tree', metadata)['params']
+  return getattr(metadata, 'tree', metadata)
+
+
+def _stored_params(step_dir: pathlib.Path) -> dict:
+  return stored_state(step_dir)['params']
 
 
 def _check_shapes(abstract_params: Any, stored: dict, step_dir: pathlib.Path) -> None:
