@@ -162,7 +162,7 @@ def _train(settings: PretrainSettings, workdir: str, mesh, data: data_lib.DataPi
                      num_devices=jax.device_count())
     summary = {'compile_s': compile_s, 'preempted': False}
     nonfinite = NonfiniteSteps(train.max_nonfinite_steps, str(checkpointer.directory), workdir, step, is_main)
-    last_flag = None  # the newest step's `nonfinite` flag, read once the next step is queued (or before a save)
+    last_flag = None  # the newest step's `nonfinite` flag, read once the next step is queued (or when logged)
 
     def read_flag() -> None:
       nonlocal last_flag
@@ -197,8 +197,7 @@ def _train(settings: PretrainSettings, workdir: str, mesh, data: data_lib.DataPi
           summary.update(evaluate())
           log.eval(step, {k: v for k, v in summary.items() if k.startswith('eval_')})
           log.reset_clock(step)
-        if checkpoint_now:
-          read_flag()
+        if checkpoint_now:  # (log_step has read this step's flag: K skipped in a row raised before the save)
           # After skipped steps the state is the last finite one with the step counter and data position past them:
           # what the uninterrupted run holds at this step.
           checkpointer.save(step, state, train_iter.get_state(), meta)
