@@ -28,6 +28,7 @@ from finetune.tasks import TASKS
 from pretrain.runtime import checkpoint as checkpoint_lib
 from pretrain.runtime.cli import fail
 from pretrain.runtime.errors import ConfigError, JobError
+from pretrain.runtime.files import write_atomic
 from pretrain.runtime.preemption import PreemptionWatch
 
 TRAINED_TASKS = tuple(name for name, t in TASKS.items() if t.dev_files)
@@ -230,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             'from_scratch': args.from_scratch, 'overrides': args.set, 'tasks': summary,
             'reference_bert_base': {f'{t}/{m}': v for (t, m), v in BERT_BASE_REFERENCE.items()},
             'submission': {'zip': str(workdir / 'glue_submission.zip'), 'files': names, 'missing': missing}}
-  (workdir / 'glue_results.json').write_text(json.dumps(output, indent=2) + '\n')
+  write_atomic(workdir / 'glue_results.json', json.dumps(output, indent=2) + '\n')
   print(table(summary, args.seeds))
   print(f'wrote {workdir / "glue_results.json"} and {workdir / "glue_submission.zip"} ({len(names)} files'
         + (f'; the leaderboard also needs {", ".join(missing)})' if missing else ')'))
