@@ -13,25 +13,9 @@ from typing import Callable, Iterator
 import jax
 import numpy as np
 
-from pretrain.nonfinite import NonfiniteSteps, TrainingDiverged
+from pretrain.nonfinite import NonfiniteSteps
 from pretrain.runtime.metrics_log import MetricsLog
 from pretrain.runtime.preemption import PreemptionWatch
-
-
-class FinetuneNonfinite(NonfiniteSteps):
-  """Pretraining's count, with fine-tuning's way out: a run starts over from its init checkpoint."""
-
-  def __init__(self, limit: int):
-    super().__init__(limit, checkpoints='')
-
-  def record(self, step: int, flag: jax.Array) -> None:
-    try:
-      super().record(step, flag)
-    except TrainingDiverged:
-      raise TrainingDiverged(
-          f'train.max_nonfinite_steps: {self.in_a_row} consecutive steps up to step {step} had a non-finite loss or '
-          'gradients; stopped without writing results. Lower train.learning_rate or check the data and '
-          'init_checkpoint, then rerun') from None
 
 
 @dataclasses.dataclass
@@ -54,7 +38,8 @@ def train_epochs(state: dict, train_step: Callable, batches: Callable[[], Iterat
                  preemption: PreemptionWatch) -> Epochs:
   """batches(): the next epoch's device batches; evaluate(params) -> (dev scores, dev predictions);
   headline(scores): the number the best epoch maximises."""
-  nonfinite = FinetuneNonfinite(train_cfg.max_nonfinite_steps)
+  nonfinite = NonfiniteSteps(train_cfg.max_nonfinite_steps, 'stopped without writing results. Lower '
+                             'train.learning_rate or check the data and init_checkpoint, then rerun')
   out = Epochs([], None, 0, None, None, 0, 0, False, 0.0)
   newest = None  # (step, nonfinite flag) of the newest step: read once the next one is queued
 

@@ -25,12 +25,13 @@ class TrainingDiverged(JobError):
 class NonfiniteSteps:
   """Reads each step's `nonfinite` flag; raises TrainingDiverged after `limit` in a row.
 
-  workdir: where nonfinite_steps.json lives (None: no record); start_step: the step this run starts from;
-  write_record: whether this process writes the record (process 0)."""
+  stopped: what the stop leaves and what to do, after `...had a non-finite loss or gradients; `; workdir: where
+  nonfinite_steps.json lives (None: no record); start_step: the step this run starts from; write_record: whether
+  this process writes the record (process 0)."""
 
-  def __init__(self, limit: int, checkpoints: str, workdir: str | None = None, start_step: int = 0,
+  def __init__(self, limit: int, stopped: str, workdir: str | None = None, start_step: int = 0,
                write_record: bool = True):
-    self.limit, self.checkpoints = limit, checkpoints
+    self.limit, self.stopped = limit, stopped
     self.in_a_row = 0
     self.total = 0  # in this run of the job
     self.skipped: list[int] = []  # this run's skipped steps
@@ -58,11 +59,8 @@ class NonfiniteSteps:
       steps = sorted(set(self.earlier) | set(self.skipped))
       write_atomic(self.record_path, json.dumps({'steps': steps}) + '\n')
     if self.in_a_row >= self.limit:
-      raise TrainingDiverged(
-          f'train.max_nonfinite_steps: {self.in_a_row} consecutive steps up to step {step} had a non-finite loss or '
-          f'gradients; stopped without saving the last of them (the checkpoints under {self.checkpoints} hold the '
-          'last finite parameters). Lower train.learning_rate or check the data, then rerun to resume from the last '
-          'checkpoint')
+      raise TrainingDiverged(f'train.max_nonfinite_steps: {self.in_a_row} consecutive steps up to step {step} had a '
+                             f'non-finite loss or gradients; {self.stopped}')
 
   def summary(self) -> str | None:
     """One line on this run's skipped steps for the end of a run (None when there were none)."""

@@ -161,7 +161,10 @@ def _train(settings: PretrainSettings, workdir: str, mesh, data: data_lib.DataPi
                      peak_flops_per_s=accelerator.peak_flops_per_s * jax.device_count() if accelerator else None,
                      num_devices=jax.device_count())
     summary = {'compile_s': compile_s, 'preempted': False}
-    nonfinite = NonfiniteSteps(train.max_nonfinite_steps, str(checkpointer.directory), workdir, step, is_main)
+    nonfinite = NonfiniteSteps(
+        train.max_nonfinite_steps, f'stopped without saving the last of them (the checkpoints under '
+        f'{checkpointer.directory} hold the last finite parameters). Lower train.learning_rate or check the data, '
+        'then rerun to resume from the last checkpoint', workdir, step, is_main)
     last_flag = None  # the newest step's `nonfinite` flag, read once the next step is queued (or when logged)
 
     def read_flag() -> None:
