@@ -15,7 +15,16 @@ SIZES = {
     'gpt2-medium': (24, 1024, 16, 4096, 50304, 1024, 1024),
     'gpt2-large': (36, 1280, 20, 5120, 50304, 1024, 1024),
     '1b': (24, 2048, 16, 8192, 50304, 2048, 2048),
+    # Llama shapes (configs/pretrain_llama.py); SwiGLU MLPs, so mlp_dim is about 8/3 of hidden_size.
+    'llama-150m': (16, 768, 12, 2048, 32000, 2048, 2048),
+    'llama-1b': (22, 2048, 32, 5632, 32000, 2048, 2048),  # TinyLlama-1.1B
+    'llama-8b': (32, 4096, 32, 14336, 128256, 8192, 8192),  # Llama-3-8B
 }
+LLAMA_SIZES = ('tiny', 'llama-150m', 'llama-1b', 'llama-8b')
+# Grouped-query attention (num_kv_heads) and the rotary base of the sizes that differ from the defaults
+# (num_kv_heads = num_heads, rope_theta 10000).
+KV_HEADS = {'llama-150m': 4, 'llama-1b': 4, 'llama-8b': 8}
+ROPE_THETA = {'llama-8b': 500_000.0}
 
 # Logical axis name -> mesh axes. Parameters and key activations carry the logical names; this table alone
 # decides how they are laid out. The batch is split over data and fsdp; fsdp also shards parameters and
@@ -30,6 +39,8 @@ SHARDING_RULES = (
     ('embed', 'fsdp'),
     ('vocab', 'tensor'),
     ('heads', 'tensor'),
+    ('kv_heads', 'tensor'),  # replicated where tensor does not divide num_kv_heads
+    ('act_kv_heads', 'tensor'),
     ('kv', None),
     ('mlp', 'tensor'),
     ('layers', None),
@@ -43,8 +54,9 @@ SHARDING_RULES = (
 MESH_AXES = ('data', 'fsdp', 'tensor')
 
 
-def parse_size(arg: str | None, default: str = 'tiny') -> str:
-  """Accepts '', 'tiny' or 'size=tiny'; returns the size name or raises naming the choices."""
+def parse_size(arg: str | None, default: str = 'tiny', choices=tuple(s for s in SIZES if s not in LLAMA_SIZES[1:])
+               ) -> str:
+  """Accepts '', 'tiny' or 'size=tiny'; returns the size name (one of `choices`) or raises naming them."""
   arg = (arg or '').strip()
   for part in filter(None, arg.split(',')):
     key, _, value = part.rpartition('=')
@@ -53,8 +65,8 @@ def parse_size(arg: str | None, default: str = 'tiny') -> str:
     else:
       raise ValueError(f'config arg: unknown key {key!r} in {arg!r}; use size=NAME')
   size = arg or default
-  if size not in SIZES:
-    raise ValueError(f'config arg: unknown size {size!r}; choose one of {", ".join(SIZES)}')
+  if size not in choices:
+    raise ValueError(f'config arg: unknown size {size!r}; choose one of {", ".join(choices)}')
   return size
 
 
@@ -81,6 +93,9 @@ def base_config(size: str, objective: str, preset: str | None = None) -> ml_coll
       hidden_size=hidden,
       num_layers=layers,
       num_heads=heads,
+      num_kv_heads=KV_HEADS.get(size, heads),  # a divisor of num_heads: grouped-query attention below it
+      head_dim=0,  # 0: hidden_size // num_heads
+      rope_theta=ROPE_THETA.get(size, 10_000.0),  # rotary positions only
       mlp_dim=mlp,
       max_position_embeddings=max_len,
       dropout_rate=0.1,

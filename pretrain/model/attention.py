@@ -4,6 +4,10 @@ as they are), so a kernel can replace it without touching the block or the layer
 
 segment_ids [batch, length]: 1, 2, ... per packed document, 0 for padding. A token sees only tokens of its own
 segment (padding sees only padding), and with model.causal only itself and earlier ones.
+
+Grouped-query attention (model.num_kv_heads < num_heads): query head i reads key/value head i // kv_groups, as
+Hugging Face's repeat_kv lays them out. Key/value heads shard over 'tensor' like the query heads when the tensor
+axis divides them; when it does not (8 kv heads on tensor 16) they are replicated (pretrain.runtime.sharding).
 """
 import jax
 import jax.numpy as jnp
@@ -11,6 +15,7 @@ from flax import nnx
 
 from pretrain.model.config import ModelConfig
 from pretrain.model.layers import Dense, dropout, residual_init_scale
+from pretrain.model.rotary import apply_rotary
 from pretrain.runtime.sharding import constrain
 
 
@@ -27,6 +32,7 @@ def xla_attention(q_btnh: jax.Array, k_btnh: jax.Array, v_btnh: jax.Array, segme
                   causal: bool, dropout_rate: float = 0.0, dropout_key: jax.Array | None = None) -> jax.Array:
   """The reference kernel: softmax(q.k / sqrt(h) masked) . v, [batch, length, heads, head_dim].
 
+  k and v may have fewer heads than q (grouped-query attention): query head i reads kv head i // groups.
   Dropout on the attention probabilities (dropout_key given and dropout_rate > 0) needs them materialised: an
   explicit softmax in float32. Otherwise jax.nn.dot_product_attention's XLA implementation.
   """
@@ -34,6 +40,8 @@ def xla_attention(q_btnh: jax.Array, k_btnh: jax.Array, v_btnh: jax.Array, segme
   if dropout_key is None or dropout_rate == 0.0:
     return jax.nn.dot_product_attention(q_btnh, k_btnh, v_btnh, mask=mask_b1tt)
   head_dim = q_btnh.shape[-1]
+  groups = q_btnh.shape[2] // k_btnh.shape[2]
+  k_btnh, v_btnh = jnp.repeat(k_btnh, groups, axis=2), jnp.repeat(v_btnh, groups, axis=2)
   scores_bnts = jnp.einsum('btnh,bsnh->bnts', q_btnh, k_btnh) / jnp.sqrt(head_dim).astype(q_btnh.dtype)
   scores_bnts = jnp.where(mask_b1tt, scores_bnts.astype(jnp.float32), jnp.finfo(jnp.float32).min)
   probs_bnts = dropout(jax.nn.softmax(scores_bnts, axis=-1), dropout_rate, dropout_key).astype(v_btnh.dtype)
@@ -41,24 +49,28 @@ def xla_attention(q_btnh: jax.Array, k_btnh: jax.Array, v_btnh: jax.Array, segme
 
 
 class Attention(nnx.Module):
-  """Multi-head self-attention with separate q/k/v projections (heads sharded over 'tensor')."""
+  """Multi-head self-attention with separate q/k/v projections (heads sharded over 'tensor'), rotary positions
+  on q and k with model.positions 'rotary'."""
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     self.cfg = cfg
-    d, n, h = cfg.hidden_size, cfg.num_heads, cfg.head_dim
+    d, n, kv, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     self.query = Dense((d,), (n, h), ('embed', 'heads', 'kv'), cfg, rngs)
-    self.key = Dense((d,), (n, h), ('embed', 'heads', 'kv'), cfg, rngs)
-    self.value = Dense((d,), (n, h), ('embed', 'heads', 'kv'), cfg, rngs)
+    self.key = Dense((d,), (kv, h), ('embed', 'kv_heads', 'kv'), cfg, rngs)
+    self.value = Dense((d,), (kv, h), ('embed', 'kv_heads', 'kv'), cfg, rngs)
     self.out = Dense((n, h), (d,), ('heads', 'kv', 'embed'), cfg, rngs, init_scale=residual_init_scale(cfg))
 
   def __call__(self, x_btd: jax.Array, segment_ids_bt: jax.Array, positions_bt: jax.Array,
                dropout_key: jax.Array | None) -> jax.Array:
-    """positions_bt: each token's position within its document (rotary positions would read them)."""
-    del positions_bt  # learned positions are added to the embeddings
-    names = ('batch', 'length', 'act_heads', 'kv')
+    """positions_bt: each token's position within its document (rotary positions read them; learned ones were
+    added to the embeddings)."""
+    names, kv_names = ('batch', 'length', 'act_heads', 'kv'), ('batch', 'length', 'act_kv_heads', 'kv')
     q_btnh = constrain(self.query(x_btd), names)
-    k_btnh = constrain(self.key(x_btd), names)
-    v_btnh = constrain(self.value(x_btd), names)
+    k_btnh = constrain(self.key(x_btd), kv_names)
+    v_btnh = constrain(self.value(x_btd), kv_names)
+    if self.cfg.positions == 'rotary':
+      q_btnh = apply_rotary(q_btnh, positions_bt, self.cfg.rope_theta)
+      k_btnh = apply_rotary(k_btnh, positions_bt, self.cfg.rope_theta)
     out_btnh = xla_attention(q_btnh, k_btnh, v_btnh, segment_ids_bt, causal=self.cfg.causal,
                              dropout_rate=self.cfg.attention_dropout_rate, dropout_key=dropout_key)
     return self.out(constrain(out_btnh, names))

@@ -17,10 +17,13 @@ import jax.numpy as jnp
 from pretrain.model import presets
 from pretrain.runtime.errors import ConfigError, require
 
-NORMS = ('layernorm',)
+NORMS = ('layernorm', 'rmsnorm')  # rmsnorm: x / rms(x) * scale, no mean, no bias (llama)
 NORM_POSITIONS = ('pre', 'post')  # pre: x + f(norm(x)) (gpt2); post: norm(x + f(x)) (bert)
-POSITIONS = ('learned',)  # learned absolute position embeddings
-MLPS = ('gelu', 'gelu_tanh')  # dense -> activation -> dense: exact (erf) GELU, or its tanh approximation
+POSITIONS = ('learned', 'rotary')  # learned absolute embeddings, or rotary on q and k (rotate-half, rope_theta)
+# gelu, gelu_tanh: dense -> activation -> dense with exact (erf) GELU or its tanh approximation;
+# swiglu: down(silu(gate(x)) * up(x)) (llama)
+MLPS = ('gelu', 'gelu_tanh', 'swiglu')
+GATED_MLPS = ('swiglu',)
 REMAT_POLICIES = ('none', 'full', 'dots_saveable', 'dots_with_no_batch_dims')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 ROLES = ('architecture', 'runtime', 'init', 'objective')
@@ -38,6 +41,9 @@ class ModelConfig:
   hidden_size: int = _field('architecture')
   num_layers: int = _field('architecture')
   num_heads: int = _field('architecture')
+  # Key/value heads: a divisor of num_heads (grouped-query attention; 1 = multi-query). 0: num_heads.
+  num_kv_heads: int = _field('architecture', 0)
+  head_dim: int = _field('architecture', 0)  # width of one head; 0: hidden_size // num_heads
   mlp_dim: int = _field('architecture')
   max_position_embeddings: int = _field('architecture')
   type_vocab_size: int = _field('architecture')  # 0: no token-type embedding
@@ -47,6 +53,7 @@ class ModelConfig:
   norm_position: str = _field('architecture')  # NORM_POSITIONS
   layer_norm_eps: float = _field('architecture')
   positions: str = _field('architecture')  # POSITIONS
+  rope_theta: float = _field('architecture', 10000.0)  # the rotary base (positions 'rotary' only)
   mlp: str = _field('architecture')  # MLPS
   use_bias: bool = _field('architecture')  # biases of the dense layers and norms
   embedding_norm: bool = _field('architecture')  # a norm right after the embeddings (bert)
@@ -66,9 +73,18 @@ class ModelConfig:
   # A 2-way next-sentence / sentence-order head on the pooler (mlm.sentence_task nsp or sop).
   sentence_head: bool = _field('objective', False)
 
+  def __post_init__(self):
+    # The 0 defaults resolve here, so a checkpoint written before these fields compares equal to a config that
+    # states them.
+    if self.num_kv_heads == 0:
+      object.__setattr__(self, 'num_kv_heads', self.num_heads)
+    if self.head_dim == 0 and self.num_heads > 0 and self.hidden_size % self.num_heads == 0:
+      object.__setattr__(self, 'head_dim', self.hidden_size // self.num_heads)
+
   @property
-  def head_dim(self) -> int:
-    return self.hidden_size // self.num_heads
+  def kv_groups(self) -> int:
+    """Query heads per key/value head (1 without grouped-query attention)."""
+    return self.num_heads // self.num_kv_heads
 
   @property
   def compute_dtype(self):
@@ -81,8 +97,8 @@ class ModelConfig:
     values = dict(model_cfg.items())
     values.update(changes)
     for name in fields_with_role('architecture'):
-      require(name in values, f'model.{name}: missing from the config (a preset of pretrain/model/presets.py '
-              'fills in every architecture field)')
+      require(name in values or _has_default(name), f'model.{name}: missing from the config (a preset of '
+              'pretrain/model/presets.py fills in every architecture field)')
     cfg = cls(**{k: v for k, v in values.items() if k in field_names()})
     cfg.validate()
     return cfg
@@ -90,8 +106,13 @@ class ModelConfig:
   def validate(self) -> None:
     for name in ('vocab_size', 'hidden_size', 'num_layers', 'num_heads', 'mlp_dim', 'max_position_embeddings'):
       require(getattr(self, name) > 0, f'model.{name}: must be positive, got {getattr(self, name)}')
-    require(self.hidden_size % self.num_heads == 0,
+    require(self.head_dim > 0,
             f'model.num_heads: {self.num_heads} does not divide model.hidden_size {self.hidden_size}')
+    require(self.num_kv_heads > 0 and self.num_heads % self.num_kv_heads == 0,
+            f'model.num_kv_heads: {self.num_kv_heads} does not divide model.num_heads {self.num_heads}')
+    require(self.head_dim % 2 == 0 or self.positions != 'rotary',
+            f'model.head_dim: rotary positions need an even head width, got {self.head_dim}')
+    require(self.rope_theta > 0, f'model.rope_theta: must be positive, got {self.rope_theta}')
     require(self.type_vocab_size >= 0, f'model.type_vocab_size: must be >= 0, got {self.type_vocab_size}')
     for name, choices in (('norm', NORMS), ('norm_position', NORM_POSITIONS), ('positions', POSITIONS),
                           ('mlp', MLPS)):
@@ -115,6 +136,11 @@ class ModelConfig:
   def architecture(self) -> dict:
     """The architecture fields and their values: what a checkpoint fixes."""
     return {name: getattr(self, name) for name in fields_with_role('architecture')}
+
+
+def _has_default(name: str) -> bool:
+  field = ModelConfig.__dataclass_fields__[name]
+  return field.default is not dataclasses.MISSING
 
 
 def field_names() -> tuple[str, ...]:

@@ -8,7 +8,7 @@ the pooled first token (BertForPreTraining's cls.seq_relationship).
 
 Classifier: a fresh classification (or regression) head on a pooled hidden state. pooling 'auto': the pooler
 when the model has one (BertForSequenceClassification), else the last real token for a causal model
-(GPT2ForSequenceClassification), else the mean of the real tokens; 'mean': the mean of the real tokens' hidden
+(GPT2ForSequenceClassification, LlamaForSequenceClassification), else the mean of the real tokens; 'mean': the mean of the real tokens' hidden
 states. Its parameter tree is {'encoder': <the pretraining encoder's tree>, 'head': ...}, so the encoder restores
 from a pretraining checkpoint by name.
 """
@@ -99,7 +99,8 @@ class Classifier(nnx.Module):
     self.cfg = cfg
     self.pooling = resolve_pooling(cfg, pooling)
     self.encoder = Transformer(cfg, rngs)
-    self.head = Dense((cfg.hidden_size,), (num_outputs,), ('embed', 'classes'), cfg, rngs, use_bias=True)
+    # A bias unless the model has none (llama: LlamaForSequenceClassification's score layer has no bias).
+    self.head = Dense((cfg.hidden_size,), (num_outputs,), ('embed', 'classes'), cfg, rngs, use_bias=cfg.use_bias)
 
   def __call__(self, tokens_bt: jax.Array, token_type_ids: jax.Array, segment_ids: jax.Array,
                dropout_key: jax.Array | None = None) -> jax.Array:

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pretrain.model.config import ModelConfig
+from pretrain.model.config import GATED_MLPS, ModelConfig
 from pretrain.runtime.sharding import constrain
 
 
@@ -88,7 +88,21 @@ class LayerNorm(nnx.Module):
     return y.astype(self.dtype)
 
 
-NORMS = {'layernorm': LayerNorm}  # model.norm -> the module
+class RMSNorm(nnx.Module):
+  """x / sqrt(mean(x^2) + eps) * scale, statistics in float32 (LlamaRMSNorm); no bias."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.eps = cfg.layer_norm_eps
+    self.dtype = cfg.compute_dtype
+    self.scale = param(rngs, jax.nn.initializers.ones, (cfg.hidden_size,), ('norm',))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.square(x32).mean(-1, keepdims=True) + self.eps)
+    return (y * self.scale[...]).astype(self.dtype)
+
+
+NORMS = {'layernorm': LayerNorm, 'rmsnorm': RMSNorm}  # model.norm -> the module
 
 
 def norm(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:
@@ -100,6 +114,7 @@ def norm(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:
 ACTIVATIONS = {
     'gelu': lambda x: jax.nn.gelu(x, approximate=False),  # exact, erf (bert's "gelu")
     'gelu_tanh': lambda x: jax.nn.gelu(x, approximate=True),  # the tanh approximation (gpt2's "gelu_new")
+    'swiglu': jax.nn.silu,  # the gate's activation (llama's "silu")
 }
 
 
@@ -110,16 +125,23 @@ def residual_init_scale(cfg: ModelConfig) -> float:
 
 
 class Mlp(nnx.Module):
-  """dense (hidden -> mlp_dim) -> activation -> dense (mlp_dim -> hidden)."""
+  """dense wi (hidden -> mlp_dim) -> activation -> dense wo (mlp_dim -> hidden); a gated MLP (model.mlp swiglu)
+  has two input layers instead, wo(activation(wi_gate(x)) * wi_up(x))."""
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     self.activation = ACTIVATIONS[cfg.mlp]
-    self.wi = Dense((cfg.hidden_size,), (cfg.mlp_dim,), ('embed', 'mlp'), cfg, rngs)
-    self.wo = Dense((cfg.mlp_dim,), (cfg.hidden_size,), ('mlp', 'embed'), cfg, rngs,
-                    init_scale=residual_init_scale(cfg))
+    d, f = cfg.hidden_size, cfg.mlp_dim
+    gated = cfg.mlp in GATED_MLPS
+    self.wi = None if gated else Dense((d,), (f,), ('embed', 'mlp'), cfg, rngs)
+    self.wi_gate = Dense((d,), (f,), ('embed', 'mlp'), cfg, rngs) if gated else None
+    self.wi_up = Dense((d,), (f,), ('embed', 'mlp'), cfg, rngs) if gated else None
+    self.wo = Dense((f,), (d,), ('mlp', 'embed'), cfg, rngs, init_scale=residual_init_scale(cfg))
 
   def __call__(self, x_btd: jax.Array) -> jax.Array:
-    h_btf = self.activation(self.wi(x_btd))
+    if self.wi is not None:
+      h_btf = self.activation(self.wi(x_btd))
+    else:
+      h_btf = self.activation(self.wi_gate(x_btd)) * self.wi_up(x_btd)
     return self.wo(constrain(h_btf, ('batch', 'length', 'act_mlp')))
 
 

@@ -6,6 +6,9 @@
   gpt2  pre-LN decoder: learned positions, tanh GELU, a final LayerNorm (eps 1e-5), the tied LM head without a
         bias; the projections into the residual stream initialised with std / sqrt(2 * layers)
         <-> GPT2LMHeadModel
+  llama pre-RMSNorm decoder: rotary positions (rotate-half), SwiGLU MLP, no biases, a final RMSNorm, an untied
+        LM head (tying optional), grouped-query attention (num_kv_heads) and any head_dim
+        <-> LlamaForCausalLM, LlamaForSequenceClassification
 
 A config file fills the fields from a preset (configs/common.py) and may override any of them; `preset_of` tells
 which preset a ModelConfig still is, which the Hugging Face conversion and the benchmark peers need. Checkpoints
@@ -26,9 +29,17 @@ PRESETS = {
                  use_bias=True, embedding_norm=False, final_norm=True, pooler=False, head_transform=False,
                  head_bias=False, tie_embeddings=True, type_vocab_size=0, layer_norm_eps=1e-5,
                  scale_residual_init=True),
+    'llama': dict(causal=True, norm='rmsnorm', norm_position='pre', positions='rotary', mlp='swiglu',
+                  use_bias=False, embedding_norm=False, final_norm=True, pooler=False, head_transform=False,
+                  head_bias=False, tie_embeddings=False, type_vocab_size=0, layer_norm_eps=1e-5,
+                  scale_residual_init=False),
 }
 # Token types each preset's Hugging Face class allows: (least, most); None = no limit.
-_TOKEN_TYPES = {'bert': (1, None), 'gpt2': (0, 0)}
+_TOKEN_TYPES = {'bert': (1, None), 'gpt2': (0, 0), 'llama': (0, 0)}
+# Structure fields a preset's Hugging Face class leaves free (LlamaConfig.tie_word_embeddings).
+_FREE = {'llama': ('tie_embeddings',)}
+# Presets whose Hugging Face class has grouped-query attention and a head width of its own.
+_GQA = ('llama',)
 
 
 def preset_fields(name: str) -> dict:
@@ -42,7 +53,12 @@ def differences(cfg, name: str) -> list[str]:
   """How cfg departs from preset `name`, e.g. ["norm_position='pre' (bert: 'post')"]; [] when it is that preset."""
   preset = PRESETS[name]
   found = [f'{field}={getattr(cfg, field)!r} ({name}: {preset[field]!r})' for field in STRUCTURE
-           if getattr(cfg, field) != preset[field]]
+           if getattr(cfg, field) != preset[field] and field not in _FREE.get(name, ())]
+  if name not in _GQA:
+    if cfg.num_kv_heads != cfg.num_heads:
+      found.append(f'num_kv_heads={cfg.num_kv_heads} ({name}: num_heads)')
+    if cfg.head_dim * cfg.num_heads != cfg.hidden_size:
+      found.append(f'head_dim={cfg.head_dim} ({name}: hidden_size // num_heads)')
   least, most = _TOKEN_TYPES[name]
   if cfg.type_vocab_size < least or (most is not None and cfg.type_vocab_size > most):
     allowed = f'{least}' if least == most else f'at least {least}'

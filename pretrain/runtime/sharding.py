@@ -13,6 +13,9 @@ from jax.sharding import NamedSharding, PartitionSpec
 from pretrain.runtime.errors import require
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
+# Logical axes that are replicated where their mesh axes do not divide them, instead of an error: grouped-query
+# attention's key/value heads (8 kv heads on tensor 16 stay whole on each device; their projections are small).
+REPLICATED_WHEN_INDIVISIBLE = ('kv_heads', 'act_kv_heads')
 Rules = Sequence[tuple[str, Any]]
 
 
@@ -57,15 +60,23 @@ def use_mesh_and_rules(mesh: jax.sharding.Mesh, rules: Rules):
     yield
 
 
+def fitted_spec(names: Sequence[str | None], shape: Sequence[int], mesh, rules: Rules) -> PartitionSpec:
+  """logical_to_spec, with the REPLICATED_WHEN_INDIVISIBLE axes replicated where the mesh does not divide them."""
+  spec = logical_to_spec(names, rules)
+  return PartitionSpec(*(None if name in REPLICATED_WHEN_INDIVISIBLE and dim % _mesh_axis_size(mesh, entry) else entry
+                         for name, dim, entry in zip(names, shape, spec)))
+
+
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
   """Sharding constraint on an activation by logical names; a no-op outside a mesh/rules context."""
   rules = flax.core.spmd.get_logical_axis_rules()
-  if not rules or jax.sharding.get_abstract_mesh().empty:
+  mesh = jax.sharding.get_abstract_mesh()
+  if not rules or mesh.empty:
     return x
-  return jax.lax.with_sharding_constraint(x, logical_to_spec(names, rules))
+  return jax.lax.with_sharding_constraint(x, fitted_spec(names, x.shape, mesh, rules))
 
 
-def _mesh_axis_size(mesh: jax.sharding.Mesh, entry) -> int:
+def _mesh_axis_size(mesh, entry) -> int:
   if entry is None:
     return 1
   axes = entry if isinstance(entry, tuple) else (entry,)
@@ -82,7 +93,7 @@ def state_shardings(abstract_state: nnx.State, mesh: jax.sharding.Mesh, rules: R
 
   def to_sharding(path, spec, value):
     names = tuple(spec) if spec is not None else ()
-    mesh_spec = logical_to_spec(names, rules) if names else PartitionSpec()
+    mesh_spec = fitted_spec(names, value.shape, mesh, rules) if names else PartitionSpec()
     for dim, entry in zip(value.shape, mesh_spec):
       size = _mesh_axis_size(mesh, entry)
       name = jax.tree_util.keystr(path, simple=True, separator='/').removesuffix('/value')
