@@ -9,8 +9,7 @@ the pooled first token (BertForPreTraining's cls.seq_relationship).
 Classifier: a fresh classification (or regression) head on a pooled hidden state. pooling 'auto': the pooler
 when the model has one (BertForSequenceClassification), else the last real token for a causal model
 (GPT2ForSequenceClassification, LlamaForSequenceClassification), else the mean of the real tokens; 'mean': the
-mean of the real tokens' hidden
-states. Its parameter tree is {'encoder': <the pretraining encoder's tree>, 'head': ...}, so the encoder restores
+mean of the real tokens' hidden states. Its parameter tree is {'encoder': <the pretraining encoder's tree>, 'head': ...}, so the encoder restores
 from a pretraining checkpoint by name.
 """
 import jax
