@@ -11,13 +11,12 @@ from tests.helpers import tiny_config
 TRAINED = {'steps': 30, 'learning_rate': 3e-2}
 
 
-def pretrain_checkpoint(workdir: pathlib.Path, objective: str = 'mlm', steps: int = 3,
-                        learning_rate: float | None = None) -> pathlib.Path:
-  """The workdir of a real `steps`-step run of the tiny config on the built-in corpus (no dropout).
+def pretrain_config(kind: str = 'mlm', steps: int = 3, learning_rate: float | None = None):
+  """The config of pretrain_checkpoint's run: tests.helpers.tiny_config(kind) (mlm, clm or llama), no dropout.
 
   steps=0 keeps the random initialisation: one step whose learning rate is 0 (the first warmup step).
   """
-  config = tiny_config(objective)
+  config = tiny_config(kind)
   config.model.dropout_rate = 0.0
   config.train.steps = max(steps, 1)
   config.train.warmup_steps = 1 if steps == 0 else 1 + steps // 2
@@ -27,27 +26,33 @@ def pretrain_checkpoint(workdir: pathlib.Path, objective: str = 'mlm', steps: in
   config.train.eval_every = 1000
   config.train.eval_batches = 1
   config.train.checkpoint_every = 1000
-  train.run(config, str(workdir))
+  return config
+
+
+def pretrain_checkpoint(workdir: pathlib.Path, kind: str = 'mlm', steps: int = 3,
+                        learning_rate: float | None = None) -> pathlib.Path:
+  """The workdir of a real `steps`-step run of pretrain_config(kind, steps, learning_rate) on the built-in corpus."""
+  train.run(pretrain_config(kind, steps, learning_rate), str(workdir))
   return workdir
 
 
 class CheckpointFactory:
-  """Each distinct (objective, steps, learning_rate) is trained once and then reused, also across the processes
+  """Each distinct (kind, steps, learning_rate) is trained once and then reused, also across the processes
   of a pytest-xdist run that share `root`: a lock file per checkpoint, and a `done` marker once it is whole."""
 
   def __init__(self, root: pathlib.Path):
     self.root = root
 
-  def __call__(self, objective: str = 'mlm', steps: int = 3, learning_rate: float | None = None) -> pathlib.Path:
-    name = f'{objective}-{steps}' + (f'-lr{learning_rate:g}' if learning_rate is not None else '')
+  def __call__(self, kind: str = 'mlm', steps: int = 3, learning_rate: float | None = None) -> pathlib.Path:
+    name = f'{kind}-{steps}' + (f'-lr{learning_rate:g}' if learning_rate is not None else '')
     workdir = self.root / name
     with open(self.root / f'{name}.lock', 'w') as lock:
       fcntl.flock(lock, fcntl.LOCK_EX)
       if not (self.root / f'{name}.done').exists():
         shutil.rmtree(workdir, ignore_errors=True)  # what a crashed maker left
-        pretrain_checkpoint(workdir, objective, steps, learning_rate)
+        pretrain_checkpoint(workdir, kind, steps, learning_rate)
         (self.root / f'{name}.done').touch()
     return workdir
 
-  def trained(self, objective: str) -> pathlib.Path:
-    return self(objective, **TRAINED)
+  def trained(self, kind: str) -> pathlib.Path:
+    return self(kind, **TRAINED)

@@ -3,14 +3,19 @@ import pathlib
 
 import pytest
 
-from configs import pretrain_clm, pretrain_mlm
+from configs import pretrain_clm, pretrain_llama, pretrain_mlm
 from pretrain.runtime.errors import ConfigError
 from pretrain.model.config import ModelConfig
 
 
-def tiny_config(objective: str = 'mlm', **model_overrides):
-  """The real tiny config, shrunk further so a test step compiles and runs in well under a second."""
-  config = (pretrain_mlm if objective == 'mlm' else pretrain_clm).get_config('tiny')
+# tiny_config's kinds: the config file each one shrinks (mlm: bert, clm: gpt2, llama: llama, objective clm).
+CONFIG_FILES = {'mlm': pretrain_mlm, 'clm': pretrain_clm, 'llama': pretrain_llama}
+
+
+def tiny_config(kind: str = 'mlm', **model_overrides):
+  """The real tiny config of `kind` (CONFIG_FILES), shrunk further so a test step compiles and runs in well under a
+  second. llama keeps its 2 kv heads for the 4 query heads (grouped-query attention)."""
+  config = CONFIG_FILES[kind].get_config('tiny')
   config.model.num_layers = 2
   config.model.hidden_size = 64
   config.model.num_heads = 4
@@ -28,14 +33,15 @@ def tiny_config(objective: str = 'mlm', **model_overrides):
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MLM_CONFIG = str(ROOT / 'configs' / 'pretrain_mlm.py') + ':size=tiny'
 CLM_CONFIG = str(ROOT / 'configs' / 'pretrain_clm.py') + ':size=tiny'
+LLAMA_CONFIG = str(ROOT / 'configs' / 'pretrain_llama.py') + ':size=tiny'
 # The command-line form of tiny_config's shrinking, for the tools that take --config FILE --config.x=y.
 TINY_OVERRIDES = ['--config.model.num_layers=2', '--config.model.hidden_size=64', '--config.model.mlp_dim=128',
                   '--config.model.vocab_size=512', '--config.model.max_position_embeddings=64',
                   '--config.data.seq_len=32', '--config.train.batch_size=8']
 
 
-def tiny_model_config(objective: str = 'mlm', **overrides) -> ModelConfig:
-  return ModelConfig.from_config(tiny_config(objective, **overrides).model)
+def tiny_model_config(kind: str = 'mlm', **overrides) -> ModelConfig:
+  return ModelConfig.from_config(tiny_config(kind, **overrides).model)
 
 
 def data_pipeline(config, **kwargs):
@@ -54,3 +60,14 @@ def build_data_error(config, **kwargs) -> str:
     data_pipeline(config, **kwargs)
   assert '\n' not in str(e.value)
   return str(e.value)
+
+
+def rejected_before_compiling(monkeypatch, config, workdir: pathlib.Path, match: str) -> None:
+  """pretrain.train.run(config, workdir) raises a ConfigError matching `match` before it builds a train step."""
+  from pretrain import train  # pylint: disable=import-outside-toplevel
+
+  def no_trainer(*args, **kwargs):
+    raise AssertionError('built and compiled the train step before rejecting the config')
+  monkeypatch.setattr(train, 'make_trainer', no_trainer)
+  with pytest.raises(ConfigError, match=match):
+    train.run(config, str(workdir))

@@ -1,5 +1,6 @@
 """Shared by the conversion tests: the parity tolerance, logits from either side, and tiny trained transformers
-models (BERT with a WordPiece vocabulary, GPT-2 with a byte-level BPE one) saved as Hugging Face directories."""
+models (BERT with a WordPiece vocabulary, GPT-2 and Llama with byte-level BPE ones) saved as Hugging Face
+directories."""
 import json
 import pathlib
 
@@ -66,6 +67,36 @@ def gpt2_dir(path: pathlib.Path, train_steps: int, safetensors: bool = True) -> 
   model = transformers.GPT2LMHeadModel(config)
   _train(model, bpe.get_vocab_size(), train_steps, token_types=False)
   _save(model, path, safetensors)
+  return path
+
+
+LLAMA_SPECIALS = ('<|begin_of_text|>', '<|end_of_text|>')  # Llama 3's BOS and EOS (ids 0 and 1 here); no pad, no unk
+
+
+def llama_dir(path: pathlib.Path, train_steps: int, **config) -> pathlib.Path:
+  """A Llama 3 style directory as transformers saves it: config.json, model.safetensors, and a byte-level BPE
+  tokenizer.json (BOS added by its post-processor) with no tokenizer.model. Grouped-query attention (4 heads,
+  2 kv heads), an untied head and RMSNorm eps 1e-5 unless `config` (LlamaConfig fields) says otherwise."""
+  import tokenizers  # pylint: disable=import-outside-toplevel
+  bpe = tokenizers.Tokenizer(tokenizers.models.BPE())
+  bpe.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+  bpe.decoder = tokenizers.decoders.ByteLevel()
+  trainer = tokenizers.trainers.BpeTrainer(vocab_size=300, special_tokens=list(LLAMA_SPECIALS),
+                                           initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
+  bpe.train_from_iterator([' '.join(WORDS)] * 20 + TEXTS, trainer)
+  bos = LLAMA_SPECIALS[0]
+  bpe.post_processor = tokenizers.processors.TemplateProcessing(single=f'{bos} $A', pair=f'{bos} $A {bos}:1 $B:1',
+                                                                special_tokens=[(bos, 0)])
+  transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=bos,
+                                       eos_token=LLAMA_SPECIALS[1]).save_pretrained(path)
+  config = transformers.LlamaConfig(**{**dict(
+      vocab_size=bpe.get_vocab_size(), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-5,
+      tie_word_embeddings=False, bos_token_id=0, eos_token_id=1), **config})
+  torch.manual_seed(0)
+  model = transformers.LlamaForCausalLM(config)
+  _train(model, bpe.get_vocab_size(), train_steps, token_types=False)
+  model.save_pretrained(path)
   return path
 
 

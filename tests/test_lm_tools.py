@@ -17,7 +17,7 @@ from tools import generate
 from tools.convert_checkpoint.export import export
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-LENGTH = 24  # prompt + new tokens in the generate tests: one buffer shape, so one compilation
+LENGTH = 24  # prompt + new tokens in the generate tests: one KV cache size, so one decode compilation
 
 
 def _with_hf_export(workdir, tmp_path_factory, name):

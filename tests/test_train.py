@@ -18,7 +18,7 @@ from pretrain.runtime.errors import ConfigError
 from pretrain.model.config import ModelConfig
 from pretrain.data.tokenizer import Tokenizer
 from pretrain.model.heads import LanguageModel
-from tests.helpers import tiny_config
+from tests.helpers import rejected_before_compiling, tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -90,14 +90,6 @@ def test_pretraining_learns_and_leaves_a_checkpoint_that_restores(tmp_path, obje
   assert logits.shape == (1, len(tokens), config.model.vocab_size) and np.isfinite(logits).all()
 
 
-def _fails_before_compiling(monkeypatch, config, workdir, match):
-  def no_trainer(*args, **kwargs):
-    raise AssertionError('built and compiled the train step before rejecting the config')
-  monkeypatch.setattr(train, 'make_trainer', no_trainer)
-  with pytest.raises(ConfigError, match=match):
-    train.run(config, str(workdir))
-
-
 @pytest.mark.parametrize('overrides,match', [
     ({'model.num_heads': 3}, r'model\.num_heads: 3 does not divide model\.hidden_size 64'),
     ({'mesh.data': 3}, r'mesh: data\*fsdp\*tensor = 3\*1\*1 = 3 does not match the 8 available devices'),
@@ -118,14 +110,14 @@ def test_bad_config_is_rejected_naming_the_field(monkeypatch, tmp_path, override
   for dotted, value in overrides.items():
     section, key = dotted.split('.')
     config[section][key] = value
-  _fails_before_compiling(monkeypatch, config, tmp_path, match)
+  rejected_before_compiling(monkeypatch, config, tmp_path, match)
 
 
 def test_empty_corpus_is_rejected(monkeypatch, tmp_path):
   (tmp_path / 'empty.txt').write_text('\n\n   \n')
   config = _config('mlm')
   config.data.source = f'text:{tmp_path}/*.txt'
-  _fails_before_compiling(monkeypatch, config, tmp_path / 'run', r'data\.source')
+  rejected_before_compiling(monkeypatch, config, tmp_path / 'run', r'data\.source')
 
 
 def _cli(*args):

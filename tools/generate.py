@@ -1,13 +1,14 @@
-"""Text continuation with a causal (gpt2) checkpoint: greedy, or sampling with temperature, top-k and top-p.
+"""Text continuation with a causal (gpt2, llama) checkpoint: greedy, or sampling (temperature, top-k, top-p).
 
   python -m tools.generate --checkpoint runs/clm --prompt "The model" --max_new_tokens 32
   python -m tools.generate --checkpoint runs/clm --prompt "The model" --temperature 0.8 --top_p 0.9 --seed 1
 
-A quick-look tool, not a serving path: there is no KV cache. The tokens live in one fixed-size buffer
-(prompt + max_new_tokens) and one compiled step runs the model over the whole buffer to pick the token after
-position t; as the model is causal, the padding after t does not change the logits at t. The prompt starts
-with the BOS (cls) token, as pretraining packs every document as [cls] text [sep] (--no_bos: without it);
-decoding stops at the end-of-document (sep) token or after --max_new_tokens. Exit status 2 on bad input.
+Decoding keeps a KV cache (pretrain/model/kv_cache.py) of prompt + max_new_tokens slots, so generation is linear
+in its length: one compiled prefill runs the prompt (padded to a power-of-two bucket) and writes its keys and
+values, then one compiled decode step (the cache donated) runs each new token over itself and attends over the
+cache. Greedy output equals a full recompute's. The prompt starts with the BOS (cls) token, as pretraining packs
+every document as [cls] text [sep] (--no_bos: without it); decoding stops at the end-of-document (sep) token or
+after --max_new_tokens. Exit status 2 on bad input.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from pretrain.runtime.cli import ArgumentParser, tool_main
 from pretrain.runtime.errors import require
 from pretrain.model import load as model_load
 from pretrain.model import presets
+from pretrain.model.kv_cache import KVCache
 
 
 def check_settings(max_new_tokens: int, temperature: float, top_k: int, top_p: float) -> None:
@@ -38,7 +40,7 @@ def check_causal(loaded: model_load.LoadedCheckpoint) -> None:
   require(loaded.classifier is None, f"--checkpoint: {loaded.step_dir} is a fine-tuned classifier "
           f"(task {loaded.classifier and loaded.classifier['task']!r}); generate needs a causal language model")
   require(loaded.model_cfg.causal, f'--checkpoint: {loaded.step_dir} is a {presets.describe(loaded.model_cfg)} '
-          '(bidirectional) model; generate needs a causal (gpt2) checkpoint; try tools.fill_mask')
+          '(bidirectional) model; generate needs a causal (gpt2, llama) checkpoint; try tools.fill_mask')
 
 
 def filter_logits(logits_v: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
@@ -55,18 +57,38 @@ def filter_logits(logits_v: jax.Array, top_k: jax.Array, top_p: jax.Array) -> ja
   return jnp.where(logits_v < threshold, -jnp.inf, logits_v)
 
 
-@functools.partial(jax.jit, static_argnames=('graphdef', 'known'))
-def step(graphdef, known, params, tokens_l, t, key, temperature, top_k, top_p):
-  """(tokens_l, the id picked for position t + 1 and written there); `known`: the tokenizer's vocab size
-  (the model's vocab may be padded past it)."""
-  model = nnx.merge(graphdef, params)
-  logits_v = model(tokens_l[None], predict_positions=t[None, None])[0, 0]
+def pick(logits_v: jax.Array, known: int, key: jax.Array, t: jax.Array, temperature: jax.Array, top_k: jax.Array,
+         top_p: jax.Array) -> jax.Array:
+  """The id for slot t + 1 from the logits at t: greedy (temperature 0), else sampled with key folded with t.
+  known: the tokenizer's vocab size (the model's vocab may be padded past it)."""
   logits_v = jnp.where(jnp.arange(logits_v.shape[-1]) < known, logits_v, -jnp.inf)
   greedy = jnp.argmax(logits_v).astype(jnp.int32)
   scaled_v = logits_v / jnp.where(temperature > 0, temperature, 1.0)
   sampled = jax.random.categorical(jax.random.fold_in(key, t), filter_logits(scaled_v, top_k, top_p))
-  next_id = jnp.where(temperature > 0, sampled.astype(jnp.int32), greedy)
-  return tokens_l.at[t + 1].set(next_id), next_id
+  return jnp.where(temperature > 0, sampled.astype(jnp.int32), greedy)
+
+
+@functools.partial(jax.jit, static_argnames=('graphdef', 'known', 'slots'))
+def prefill(graphdef, known, slots, params, tokens_l, n, key, *settings):
+  """(a KV cache of `slots` slots holding the prompt tokens_l[:n] (the rest of tokens_l is padding, written into
+  slots the decode steps overwrite before reading), the id picked for slot n)."""
+  model = nnx.merge(graphdef, params)
+  logits_11v, cache = model.decode(tokens_l[None], KVCache.zeros(model.cfg, 1, slots),
+                                   predict_positions=(n - 1)[None, None])
+  return cache._replace(index=n), pick(logits_11v[0, 0], known, key, n - 1, *settings)
+
+
+@functools.partial(jax.jit, static_argnames=('graphdef', 'known'), donate_argnames=('cache',))
+def decode_step(graphdef, known, params, cache, token, key, *settings):
+  """(the cache with `token` written in slot cache.index, the id picked for the slot after it)."""
+  model = nnx.merge(graphdef, params)
+  logits_11v, new_cache = model.decode(token[None, None], cache)
+  return new_cache, pick(logits_11v[0, 0], known, key, cache.index, *settings)
+
+
+def prompt_bucket(n: int, slots: int) -> int:
+  """The padded prompt length: the next power of two from 16 (few prefill compilations), at most `slots`."""
+  return min(slots, max(16, 1 << (n - 1).bit_length()))
 
 
 def generate(loaded: model_load.LoadedCheckpoint, prompt_ids: list[int], max_new_tokens: int,
@@ -76,30 +98,30 @@ def generate(loaded: model_load.LoadedCheckpoint, prompt_ids: list[int], max_new
   sampling is keyed by seed and the position, so the same seed gives the same text."""
   check_settings(max_new_tokens, temperature, top_k, top_p)
   check_causal(loaded)
-  require(len(prompt_ids) > 0, '--prompt: no tokens to continue (an empty prompt needs the BOS token)')
-  length = len(prompt_ids) + max_new_tokens
+  n = len(prompt_ids)
+  require(n > 0, '--prompt: no tokens to continue (an empty prompt needs the BOS token)')
+  length = n + max_new_tokens
   limit = loaded.model_cfg.max_position_embeddings
-  require(length <= limit, f'--max_new_tokens: the prompt ({len(prompt_ids)} tokens) plus {max_new_tokens} new '
-          f'tokens exceed the model\'s max_position_embeddings {limit}; use at most {limit - len(prompt_ids)}')
+  require(length <= limit, f'--max_new_tokens: the prompt ({n} tokens) plus {max_new_tokens} new '
+          f'tokens exceed the model\'s max_position_embeddings {limit}; use at most {limit - n}')
   graphdef, _ = nnx.split(loaded.build())
-  tokens_l = np.full((length,), loaded.tokenizer.pad_id, np.int32)
-  tokens_l[:len(prompt_ids)] = prompt_ids
-  tokens_l = jnp.asarray(tokens_l)
+  tokens_l = np.full((prompt_bucket(n, length),), loaded.tokenizer.pad_id, np.int32)
+  tokens_l[:n] = prompt_ids
+  fixed = (graphdef, loaded.tokenizer.vocab_size)
   key = jax.random.key(seed)
   settings = (jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p))
-  new_ids: list[int] = []
-  for t in range(len(prompt_ids) - 1, length - 1):
-    tokens_l, next_id = step(graphdef, loaded.tokenizer.vocab_size, loaded.params, tokens_l, jnp.int32(t), key,
-                             *settings)
+  cache, next_id = prefill(*fixed, length, loaded.params, jnp.asarray(tokens_l), jnp.int32(n), key, *settings)
+  new_ids = [int(next_id)]
+  while len(new_ids) < max_new_tokens and new_ids[-1] != stop_id:
+    cache, next_id = decode_step(*fixed, loaded.params, cache, next_id, key, *settings)
     new_ids.append(int(next_id))
-    if new_ids[-1] == stop_id:
-      break
   return new_ids
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = ArgumentParser(prog='python -m tools.generate', description=__doc__.splitlines()[0])
-  parser.add_argument('--checkpoint', required=True, help='a gpt2 workdir, its checkpoints/ dir or a step dir')
+  parser.add_argument('--checkpoint', required=True,
+                      help='a gpt2 or llama workdir, its checkpoints/ dir or a step dir')
   parser.add_argument('--prompt', required=True, help='the text to continue')
   parser.add_argument('--max_new_tokens', type=int, default=32, help='at most this many tokens are added')
   parser.add_argument('--temperature', type=float, default=0.0, help='0: greedy; > 0: sampling')

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pretrain.model.config import ModelConfig
+from pretrain.model.kv_cache import KVCache
 from pretrain.model.layers import ACTIVATIONS, Dense, dropout, norm, param
 from pretrain.model.transformer import Transformer
 from pretrain.runtime.sharding import constrain
@@ -73,6 +74,15 @@ class LanguageModel(nnx.Module):
     if predict_positions is not None:
       hidden_btd = jnp.take_along_axis(hidden_btd, predict_positions[..., None], axis=1)
     return self.logits(hidden_btd).astype(jnp.float32), sentence_logits_bc
+
+  def decode(self, tokens_bt: jax.Array, cache: KVCache, *,
+             predict_positions: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
+    """Generation with a KV cache: (logits as __call__ gives them, the cache with tokens_bt written at
+    cache.index..). A prompt (prefill) or one new token per step; causal models only."""
+    hidden_btd, cache = self.encoder(tokens_bt, cache=cache)
+    if predict_positions is not None:
+      hidden_btd = jnp.take_along_axis(hidden_btd, predict_positions[..., None], axis=1)
+    return self.logits(hidden_btd).astype(jnp.float32), cache
 
   def logits(self, hidden_btd: jax.Array) -> jax.Array:
     """The output head on hidden states [batch, length, hidden] -> [batch, length, vocab] (compute dtype)."""

@@ -1,16 +1,21 @@
-"""Our ModelConfig <-> a Hugging Face config.json (BertConfig, GPT2Config), through the presets: a model exports
-only when it is exactly one preset (pretrain/model/presets.py), and an import fills the preset's fields.
+"""Our ModelConfig <-> a Hugging Face config.json (BertConfig, GPT2Config, LlamaConfig), through the presets: a
+model exports only when it is exactly one preset (pretrain/model/presets.py), and an import fills the preset's
+fields.
 
 Import accepts only settings our model computes exactly; anything else is one error naming the config.json
-field (a relu BERT, rotary positions, GPT-2's per-layer attention scaling, ...).
+field (a relu BERT, rotary positions, GPT-2's per-layer attention scaling, Llama's rope_scaling, ...). Fields
+a config.json leaves out take the defaults of the transformers class (LlamaConfig: rms_norm_eps 1e-6,
+rope_theta 10000, tie_word_embeddings false, num_key_value_heads = num_attention_heads).
 """
 from pretrain.model import presets
 from pretrain.model.config import ModelConfig
 from pretrain.runtime.errors import ConfigError, require
 
 # The HF class each of our models exports as.
-MASKED_LM = {'bert': 'BertForMaskedLM', 'gpt2': 'GPT2LMHeadModel'}
-SEQUENCE_CLASSIFICATION = {'bert': 'BertForSequenceClassification'}
+MASKED_LM = {'bert': 'BertForMaskedLM', 'gpt2': 'GPT2LMHeadModel', 'llama': 'LlamaForCausalLM'}
+SEQUENCE_CLASSIFICATION = {'bert': 'BertForSequenceClassification', 'llama': 'LlamaForSequenceClassification'}
+# The pooling (heads.resolve_pooling) each sequence-classification class computes.
+CLASSIFIER_POOLING = {'bert': 'pooler', 'llama': 'last'}
 # gpt2 MLPs: HF names the tanh approximation of GELU three ways.
 _TANH_GELUS = ('gelu_new', 'gelu_pytorch_tanh', 'gelu_fast')
 
@@ -24,7 +29,20 @@ def hf_preset(cfg: ModelConfig, field: str = '--checkpoint') -> str:
 
 
 def to_hf_config(cfg: ModelConfig, architecture: str, pad_id: int, cls_id: int, sep_id: int) -> dict:
-  if hf_preset(cfg) == 'bert':
+  preset = hf_preset(cfg)
+  if preset == 'llama':
+    return {
+        'architectures': [architecture], 'model_type': 'llama', 'vocab_size': cfg.vocab_size,
+        'hidden_size': cfg.hidden_size, 'intermediate_size': cfg.mlp_dim, 'num_hidden_layers': cfg.num_layers,
+        'num_attention_heads': cfg.num_heads, 'num_key_value_heads': cfg.num_kv_heads, 'head_dim': cfg.head_dim,
+        'hidden_act': 'silu', 'max_position_embeddings': cfg.max_position_embeddings,
+        'initializer_range': cfg.initializer_range, 'rms_norm_eps': cfg.layer_norm_eps, 'rope_theta': cfg.rope_theta,
+        'rope_scaling': None, 'attention_bias': False, 'mlp_bias': False, 'pretraining_tp': 1,
+        'attention_dropout': cfg.attention_dropout_rate, 'tie_word_embeddings': cfg.tie_embeddings,
+        'bos_token_id': cls_id, 'eos_token_id': sep_id, 'pad_token_id': pad_id, 'use_cache': True,
+        'torch_dtype': 'float32',
+    }
+  if preset == 'bert':
     return {
         'architectures': [architecture], 'model_type': 'bert', 'vocab_size': cfg.vocab_size,
         'hidden_size': cfg.hidden_size, 'num_hidden_layers': cfg.num_layers,
@@ -85,10 +103,40 @@ def from_hf_config(hf: dict, where: str) -> ModelConfig:
         num_heads=g('n_head'), mlp_dim=hf.get('n_inner') or 4 * hidden, max_position_embeddings=g('n_positions'),
         dropout_rate=g('resid_pdrop', 0.1), attention_dropout_rate=g('attn_pdrop', 0.1),
         layer_norm_eps=g('layer_norm_epsilon', 1e-5), initializer_range=g('initializer_range', 0.02))})
+  elif model_type == 'llama':
+    cfg = _llama_config(hf, where)
   else:
-    raise ConfigError(f"{where}: model_type {model_type!r} is not supported; use a 'bert' or 'gpt2' checkpoint")
+    raise ConfigError(f"{where}: model_type {model_type!r} is not supported; use a 'bert', 'gpt2' or 'llama' "
+                      'checkpoint')
   try:
     cfg.validate()
   except ConfigError as e:
     raise ConfigError(f'{where}: {e}') from None
   return cfg
+
+
+# LlamaConfig fields whose other values we do not compute: field -> (accepted values, what the error says).
+_LLAMA_FIXED = {'hidden_act': (('silu', 'swish'), "only 'silu'"), 'attention_bias': ((False,), 'only false'),
+                'mlp_bias': ((False,), 'only false'), 'pretraining_tp': ((1,), 'only 1'),
+                'rope_scaling': ((None,), 'only plain rotary positions')}
+
+
+def _llama_config(hf: dict, where: str) -> ModelConfig:
+  for key, (accepted, only) in _LLAMA_FIXED.items():
+    value = hf.get(key, accepted[0])
+    require(value in accepted, f'{where}: {key} {value!r} is not supported ({only})')
+  theta = hf.get('rope_theta', 10000.0)
+  rope = hf.get('rope_parameters')  # transformers 5 writes the rotary settings here
+  if rope is not None:
+    require(rope.get('rope_type', 'default') == 'default',
+            f'{where}: rope_parameters {rope!r} is not supported (only plain rotary positions)')
+    theta = rope.get('rope_theta', theta)
+  g = lambda key, default=None: _field(hf, key, where, default)
+  heads = g('num_attention_heads')
+  return ModelConfig(**{**presets.preset_fields('llama'), **dict(
+      vocab_size=g('vocab_size'), hidden_size=g('hidden_size'), num_layers=g('num_hidden_layers'),
+      num_heads=heads, num_kv_heads=hf.get('num_key_value_heads') or heads, head_dim=hf.get('head_dim') or 0,
+      mlp_dim=g('intermediate_size'), max_position_embeddings=g('max_position_embeddings', 2048),
+      layer_norm_eps=g('rms_norm_eps', 1e-6), rope_theta=float(theta),
+      tie_embeddings=bool(hf.get('tie_word_embeddings', False)), dropout_rate=0.0,
+      attention_dropout_rate=g('attention_dropout', 0.0), initializer_range=g('initializer_range', 0.02))})

@@ -34,6 +34,7 @@ PRESETS = {
                   head_bias=False, tie_embeddings=False, type_vocab_size=0, layer_norm_eps=1e-5,
                   scale_residual_init=False),
 }
+LEGACY_VARIANTS = ('bert', 'gpt2')  # what model.variant named before the architecture fields
 # Token types each preset's Hugging Face class allows: (least, most); None = no limit.
 _TOKEN_TYPES = {'bert': (1, None), 'gpt2': (0, 0), 'llama': (0, 0)}
 # Structure fields a preset's Hugging Face class leaves free (LlamaConfig.tie_word_embeddings).
@@ -86,6 +87,6 @@ def legacy_fields(saved_model: dict) -> dict:
   The saved sizes, eps and token types stay; the preset fills in the rest."""
   fields = dict(saved_model)
   variant = fields.pop('variant')
-  if variant not in PRESETS:
-    raise ConfigError(f'checkpoint: model.variant {variant!r} is not one of {tuple(PRESETS)}')
+  if variant not in LEGACY_VARIANTS:
+    raise ConfigError(f'checkpoint: model.variant {variant!r} is not one of {LEGACY_VARIANTS}')
   return {**PRESETS[variant], **fields}

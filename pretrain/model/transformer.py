@@ -10,6 +10,7 @@ from flax import nnx
 from pretrain.model.attention import Attention
 from pretrain.model.layers import Dense, Mlp, dropout, norm, param, split_key
 from pretrain.model.config import ModelConfig
+from pretrain.model.kv_cache import KVCache
 from pretrain.runtime.sharding import constrain
 
 LAYERS_AXIS = 'layers'
@@ -26,17 +27,23 @@ class Block(nnx.Module):
     self.mlp_norm = norm(cfg, rngs)
 
   def __call__(self, x_btd: jax.Array, segment_ids_bt: jax.Array, positions_bt: jax.Array,
-               dropout_key: jax.Array | None) -> jax.Array:
+               dropout_key: jax.Array | None, cache: KVCache | None = None) -> jax.Array | tuple[jax.Array, KVCache]:
+    """-> x, or (x, the layer's written cache) with a cache (see Attention)."""
     keys = split_key(dropout_key, 3) if dropout_key is not None else (None, None, None)
     rate = self.cfg.dropout_rate
-    attend = lambda h: self.attention(h, segment_ids_bt, positions_bt, keys[0])
-    if self.cfg.norm_position == 'pre':
-      x_btd = x_btd + dropout(attend(self.attention_norm(x_btd)), rate, keys[1])
+    pre = self.cfg.norm_position == 'pre'
+    attended_btd = self.attention(self.attention_norm(x_btd) if pre else x_btd, segment_ids_bt, positions_bt,
+                                  keys[0], cache)
+    if cache is not None:
+      attended_btd, cache = attended_btd
+    if pre:
+      x_btd = x_btd + dropout(attended_btd, rate, keys[1])
       x_btd = x_btd + dropout(self.mlp(self.mlp_norm(x_btd)), rate, keys[2])
     else:
-      x_btd = self.attention_norm(x_btd + dropout(attend(x_btd), rate, keys[1]))
+      x_btd = self.attention_norm(x_btd + dropout(attended_btd, rate, keys[1]))
       x_btd = self.mlp_norm(x_btd + dropout(self.mlp(x_btd), rate, keys[2]))
-    return constrain(x_btd, ('batch', 'length', 'act_embed'))
+    x_btd = constrain(x_btd, ('batch', 'length', 'act_embed'))
+    return x_btd if cache is None else (x_btd, cache)
 
 
 class Transformer(nnx.Module):
@@ -75,16 +82,23 @@ class Transformer(nnx.Module):
 
   def __call__(self, tokens_bt: jax.Array, *, segment_ids: jax.Array | None = None,
                positions: jax.Array | None = None, token_type_ids: jax.Array | None = None,
-               dropout_key: jax.Array | None = None) -> jax.Array:
+               dropout_key: jax.Array | None = None,
+               cache: KVCache | None = None) -> jax.Array | tuple[jax.Array, KVCache]:
     """segment_ids: 1, 2, ... per packed document, 0 = padding (default: one segment, no padding).
     positions: per-token positions (default 0..length-1). dropout_key: one key, or one per example
-    [batch]; None means deterministic."""
+    [batch]; None means deterministic.
+
+    cache (causal models, generation): the tokens go into slots cache.index.. of one document per row, at
+    positions cache.index.. (no segment ids, no dropout); returns (hidden states, the cache with index advanced)."""
     cfg = self.cfg
     batch, length = tokens_bt.shape
-    if segment_ids is None:
+    if cache is not None and (segment_ids is not None or dropout_key is not None or not cfg.causal):
+      raise ValueError('a KV cache holds one document of a causal model: no segment_ids, no dropout')
+    if segment_ids is None and cache is None:
       segment_ids = jnp.ones((batch, length), jnp.int32)
     if positions is None:
-      positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+      start = 0 if cache is None else cache.index
+      positions = jnp.broadcast_to(start + jnp.arange(length, dtype=jnp.int32), (batch, length))
     if token_type_ids is None:
       token_type_ids = jnp.zeros((batch, length), jnp.int32)
     embed_key, layers_key = split_key(dropout_key, 2) if dropout_key is not None else (None, None)
@@ -96,19 +110,25 @@ class Transformer(nnx.Module):
     x_btd = constrain(x_btd, ('batch', 'length', 'act_embed'))
     layer_keys = split_key(layers_key, cfg.num_layers) if layers_key is not None else None
 
-    def apply_block(x, block, key):
-      return block(x, segment_ids, positions, key)
+    def apply_block(x, block, key, kv):
+      # kv: None, or this layer's (k, v) slices of the stacked cache
+      return block(x, segment_ids, positions, key, None if kv is None else KVCache(*kv, cache.index))
 
     policy = cfg.checkpoint_policy()
     if policy is not None:
       apply_block = nnx.remat(apply_block, policy=policy, prevent_cse=False)
-    scan = nnx.scan(apply_block, in_axes=(nnx.Carry, 0, 0 if layer_keys is not None else None),
-                    out_axes=nnx.Carry, transform_metadata={nnx.PARTITION_NAME: LAYERS_AXIS})
-    x_btd = scan(x_btd, self.blocks, layer_keys)
+    stacked_kv, kv_axis = (None, None) if cache is None else ((cache.k, cache.v), 0)
+    scan = nnx.scan(apply_block, in_axes=(nnx.Carry, 0, 0 if layer_keys is not None else None, kv_axis),
+                    out_axes=nnx.Carry if cache is None else (nnx.Carry, 0),
+                    transform_metadata={nnx.PARTITION_NAME: LAYERS_AXIS})
+    x_btd = scan(x_btd, self.blocks, layer_keys, stacked_kv)
+    if cache is not None:
+      x_btd, written = x_btd
+      cache = KVCache(written.k, written.v, cache.index + length)
 
     if self.final_norm is not None:
       x_btd = self.final_norm(x_btd)
-    return x_btd
+    return x_btd if cache is None else (x_btd, cache)
 
   def pool(self, hidden_btd: jax.Array) -> jax.Array:
     """The pooler (model.pooler): tanh(dense(hidden of the first ([CLS]) token)) -> [batch, hidden]."""

@@ -1,11 +1,13 @@
 """Checkpoint conversion to and from Hugging Face Transformers (PyTorch classes; needs the `hf` extra).
 
-  python -m tools.convert_checkpoint to-hf --checkpoint runs/mlm --out hf/mlm [--verify]
+  python -m tools.convert_checkpoint to-hf --checkpoint runs/mlm --out hf/mlm [--verify] [--max_shard_size 5GB]
   python -m tools.convert_checkpoint from-hf --hf path/to/bert --out ckpt/bert [--verify]
 
-to-hf writes config.json, model.safetensors and tokenizer files: BertForMaskedLM (bert), GPT2LMHeadModel
-(gpt2) or, for a fine-tuned bert, BertForSequenceClassification. from-hf imports a BERT or GPT-2 directory
-(safetensors or pytorch_model.bin) as a checkpoint that finetune and pretrain take as init_checkpoint.
+to-hf writes config.json, model.safetensors (sharded with an index past --max_shard_size) and tokenizer files:
+BertForMaskedLM (bert), GPT2LMHeadModel (gpt2), LlamaForCausalLM (llama) or, fine-tuned,
+BertForSequenceClassification / LlamaForSequenceClassification. from-hf imports a BERT, GPT-2 or Llama directory
+(safetensors, sharded or not, or pytorch_model.bin) as a checkpoint that finetune and pretrain take as
+init_checkpoint.
 --verify runs both models on the same tokens and fails (exit 2) if their outputs differ by more than 1e-4.
 Bad input is one line `error: ...` and exit status 2; an output directory appears only when complete.
 """
@@ -26,7 +28,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   to_hf.add_argument('--checkpoint', required=True, help='a workdir, its checkpoints/ dir or a step dir')
   to_hf.add_argument('--out', required=True, help='the HF directory to write (must not exist, or be empty)')
   to_hf.add_argument('--verify', action='store_true', help='load the result with transformers and compare outputs')
-  from_hf = commands.add_parser('from-hf', help='a Hugging Face BERT or GPT-2 directory -> our checkpoint')
+  to_hf.add_argument('--max_shard_size', default='5GB',
+                     help='largest weight file (5GB, 500MB, 2GiB or bytes); more is split into indexed shards')
+  from_hf = commands.add_parser('from-hf', help='a Hugging Face BERT, GPT-2 or Llama directory -> our checkpoint')
   from_hf.add_argument('--hf', required=True, help='directory with config.json, weights and tokenizer files')
   from_hf.add_argument('--out', required=True, help='the checkpoint directory to write (must not exist, or be empty)')
   from_hf.add_argument('--seed', type=int, default=0, help='seed of freshly initialised parts (e.g. an MLM head)')
@@ -46,9 +50,11 @@ def run(args: argparse.Namespace) -> dict:
 def _convert(args: argparse.Namespace) -> dict:
   if args.command == 'to-hf':
     from tools.convert_checkpoint.export import export  # pylint: disable=import-outside-toplevel
-    summary = export(args.checkpoint, args.out)
+    summary = export(args.checkpoint, args.out, args.max_shard_size)
+    shards = len(summary['files'])
     print(f"wrote {args.out}: {summary['architecture']}, {summary['tensors']} tensors, "
-          f"{summary['parameters']:,} parameters, from {summary['from']}")
+          f"{summary['parameters']:,} parameters" + (f' in {shards} shards' if shards > 1 else '') +
+          f", from {summary['from']}")
     checkpoint, hf_dir = args.checkpoint, args.out
   else:
     from tools.convert_checkpoint.importer import import_hf  # pylint: disable=import-outside-toplevel

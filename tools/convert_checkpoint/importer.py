@@ -1,10 +1,11 @@
-"""A Hugging Face BERT or GPT-2 directory -> a params-only checkpoint of ours (OUT/checkpoints/0).
+"""A Hugging Face BERT, GPT-2 or Llama directory -> a params-only checkpoint of ours (OUT/checkpoints/0).
 
 The checkpoint holds a LanguageModel, so `finetune` (init_checkpoint=OUT) and `pretrain` (continued
 pretraining, init_checkpoint=OUT) start from it. Weights: model.safetensors (or its sharded index) or
 pytorch_model.bin; any float dtype, stored as float32. Parts the directory lacks (the MLM head of a
-sentence-embedding BertModel, its pooler) are freshly initialised, and the summary says so. The tokenizer comes
-along: WordPiece or byte-level BPE through `tokenizers`, or SentencePiece when the directory has ours.
+sentence-embedding BertModel, its pooler, the untied LM head of a bare LlamaModel) are freshly initialised, and
+the summary says so. The tokenizer comes along: WordPiece or byte-level BPE through `tokenizers`, or SentencePiece
+(`tokenizer.model`: ours, or a Llama's).
 """
 import dataclasses
 import json
@@ -47,23 +48,38 @@ def read_tensors(hf_dir: pathlib.Path) -> tuple[dict[str, np.ndarray], str]:
   raise ConfigError(f'--hf: {hf_dir} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin')
 
 
-def _groups(preset: str, tensors: dict) -> list[tuple[str, list[mapping.Rule], str, bool]]:
+# The input embedding a tied decoder (mapping.TIED_DECODERS) must equal, per preset (without the model prefix).
+EMBEDDINGS = {'bert': 'bert.embeddings.word_embeddings.weight', 'gpt2': 'transformer.wte.weight',
+              'llama': 'model.embed_tokens.weight'}
+
+
+def _prefix(preset: str, tensors: dict) -> str:
+  """'bert.', 'transformer.' or 'model.' when the file holds a model with a head, '' for the bare model."""
+  return EMBEDDINGS[preset].split('.', 1)[0] + '.' if EMBEDDINGS[preset] in tensors else ''
+
+
+def _groups(cfg, preset: str, tensors: dict) -> list[tuple[str, list[mapping.Rule], str, bool]]:
   """(name, rules, HF prefix, required) in the order they are read."""
+  prefix = _prefix(preset, tensors)
   if preset == 'gpt2':
-    prefix = 'transformer.' if 'transformer.wte.weight' in tensors else ''
     return [('encoder', mapping.GPT2_ENCODER, prefix, True)]
-  prefix = 'bert.' if 'bert.embeddings.word_embeddings.weight' in tensors else ''
+  if preset == 'llama':
+    return [('encoder', mapping.LLAMA_ENCODER, prefix, True)] + (
+        [] if cfg.tie_embeddings else [('LM head', mapping.LLAMA_LM_HEAD, '', False)])
   return [('encoder', mapping.BERT_ENCODER, prefix, True), ('pooler', mapping.BERT_POOLER, prefix, False),
           ('MLM head', mapping.BERT_MLM_HEAD, '', False)]
 
 
-def _check_tied(tensors: dict, preset: str, where: str) -> None:
-  embedding = 'bert.embeddings.word_embeddings.weight' if preset == 'bert' else 'transformer.wte.weight'
-  embedding = embedding if embedding in tensors else embedding.split('.', 1)[1]
+def _check_tied(tensors: dict, cfg, preset: str, where: str) -> None:
+  """A stored decoder of a tied model must be the input embedding (an untied llama's lm_head is its own)."""
+  if not cfg.tie_embeddings:
+    return
+  embedding = EMBEDDINGS[preset] if _prefix(preset, tensors) else EMBEDDINGS[preset].split('.', 1)[1]
+  hint = 'config.json ties them (tie_word_embeddings true)' if preset == 'llama' else \
+      'untied output embeddings are not supported (our heads are tied to the input embedding)'
   for decoder in mapping.TIED_DECODERS:
     if decoder in tensors and embedding in tensors and not np.array_equal(tensors[decoder], tensors[embedding]):
-      raise ConfigError(f'{where}: tensor {decoder} differs from {embedding}; untied output embeddings are '
-                        'not supported (our heads are tied to the input embedding)')
+      raise ConfigError(f'{where}: tensor {decoder} differs from {embedding}; {hint}')
 
 
 def convert(hf_dir: pathlib.Path, seed: int = 0) -> tuple[dict, object, dict, list[str]]:
@@ -76,14 +92,14 @@ def convert(hf_dir: pathlib.Path, seed: int = 0) -> tuple[dict, object, dict, li
     raise ConfigError(f'{config_path}: not JSON ({e})') from None
   cfg = hf_config.from_hf_config(config_json, str(config_path))
   preset = hf_config.hf_preset(cfg)
-  tokenizer = tokenizer_files.read_tokenizer(hf_dir, preset)
+  tokenizer = tokenizer_files.read_tokenizer(hf_dir, preset, config_json)
   require(tokenizer.vocab_size <= cfg.vocab_size,
           f'{config_path}: vocab_size {cfg.vocab_size} is smaller than the tokenizer\'s {tokenizer.vocab_size} tokens')
   tensors, where = read_tensors(hf_dir)
   for alias, name in mapping.BIAS_ALIASES.items():
     if alias in tensors and name not in tensors:
       tensors[name] = tensors[alias]
-  _check_tied(tensors, preset, where)
+  _check_tied(tensors, cfg, preset, where)
 
   def get_tensor(name: str, expected: tuple[int, ...]) -> np.ndarray:
     if name not in tensors:
@@ -97,9 +113,9 @@ def convert(hf_dir: pathlib.Path, seed: int = 0) -> tuple[dict, object, dict, li
   build = model_load.model_builder(cfg, None)
   shapes = {k: tuple(v.shape) for k, v in model_load.flatten(
       nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: build(seed)), nnx.Param))).items()}
-  used: set[str] = set(mapping.BIAS_ALIASES) | set(mapping.TIED_DECODERS)
+  used: set[str] = set(mapping.BIAS_ALIASES) | (set(mapping.TIED_DECODERS) if cfg.tie_embeddings else set())
   flat, fresh = {}, []
-  for name, rules, prefix, required in _groups(preset, tensors):
+  for name, rules, prefix, required in _groups(cfg, preset, tensors):
     if not required and prefix + rules[0].hf not in tensors:
       fresh.append(name)
       continue

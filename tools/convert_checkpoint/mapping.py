@@ -1,4 +1,4 @@
-"""Our parameter tree <-> Hugging Face tensor names: one declarative table per architecture.
+"""Our parameter tree <-> Hugging Face tensor names: one declarative table per architecture (BERT, GPT-2, Llama).
 
 A Rule ties one HF tensor to one or more of our parameters through a Transform; '{i}' in an HF name marks a
 scanned layer, whose parameters we store stacked on axis 0. Our paths are '/'-joined keys of the pure-dict
@@ -144,8 +144,26 @@ GPT2_ENCODER = [
     *norm('ln_f', 'encoder/final_norm'),
 ]
 
-# HF tensors that carry nothing of ours: buffers, and decoders tied to the word embedding (checked equal).
-IGNORED_SUFFIXES = ('embeddings.position_ids', '.attn.bias', '.attn.masked_bias')
+# LlamaModel (prefix 'model.'): no biases (attention_bias and mlp_bias false), so the bias rules never apply.
+LLAMA_ENCODER = [
+    Rule('embed_tokens.weight', ('encoder/token_embed',)),
+    *norm('layers.{i}.input_layernorm', f'{_LAYER}/attention_norm'),
+    *dense('layers.{i}.self_attn.q_proj', f'{_LAYER}/attention/query'),
+    *dense('layers.{i}.self_attn.k_proj', f'{_LAYER}/attention/key'),
+    *dense('layers.{i}.self_attn.v_proj', f'{_LAYER}/attention/value'),
+    *dense('layers.{i}.self_attn.o_proj', f'{_LAYER}/attention/out', in_dims=2),
+    *norm('layers.{i}.post_attention_layernorm', f'{_LAYER}/mlp_norm'),
+    *dense('layers.{i}.mlp.gate_proj', f'{_LAYER}/mlp/wi_gate'),
+    *dense('layers.{i}.mlp.up_proj', f'{_LAYER}/mlp/wi_up'),
+    *dense('layers.{i}.mlp.down_proj', f'{_LAYER}/mlp/wo'),
+    *norm('norm', 'encoder/final_norm'),
+]
+LLAMA_LM_HEAD = dense('lm_head', 'lm_head')  # untied only (tie_word_embeddings false); no bias
+LLAMA_CLASSIFIER_HEAD = dense('score', 'head')  # LlamaForSequenceClassification: no bias
+
+# HF tensors that carry nothing of ours: buffers, and decoders tied to the word embedding (checked equal, and
+# only read as tied when the model ties its head: an untied llama lm_head.weight is LLAMA_LM_HEAD's).
+IGNORED_SUFFIXES = ('embeddings.position_ids', '.attn.bias', '.attn.masked_bias', '.rotary_emb.inv_freq')
 TIED_DECODERS = ('cls.predictions.decoder.weight', 'lm_head.weight')
 BIAS_ALIASES = {'cls.predictions.decoder.bias': 'cls.predictions.bias'}
 

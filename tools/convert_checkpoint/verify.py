@@ -9,7 +9,8 @@ import numpy as np
 from pretrain.runtime.errors import ConfigError
 from pretrain.model import load as model_load
 
-HEAD_CLASSES = ('BertForMaskedLM', 'GPT2LMHeadModel', 'BertForSequenceClassification')
+HEAD_CLASSES = ('BertForMaskedLM', 'GPT2LMHeadModel', 'LlamaForCausalLM', 'BertForSequenceClassification',
+                'LlamaForSequenceClassification')
 TOLERANCE = 1e-4  # float32; measured differences are around 1e-6
 
 
@@ -23,12 +24,15 @@ def max_output_difference(checkpoint: str, hf_dir: str, seed: int = 0) -> tuple[
   cfg = loaded.model_cfg
   architecture = json.loads((pathlib.Path(hf_dir) / 'config.json').read_text()).get('architectures', [''])[0]
   fresh = loaded.meta.get('imported_from', {}).get('freshly_initialised', [])
-  with_head = (architecture in HEAD_CLASSES and 'MLM head' not in fresh
+  with_head = (architecture in HEAD_CLASSES and not any(name.endswith('head') for name in fresh)
                and architecture.endswith('Classification') == (loaded.classifier is not None))
   hf_class = getattr(transformers, architecture) if with_head else transformers.AutoModel
   reference = hf_class.from_pretrained(hf_dir).eval()
   length = min(32, cfg.max_position_embeddings)
   ids = np.random.default_rng(seed).integers(0, loaded.tokenizer.vocab_size, (2, length))
+  pad = reference.config.pad_token_id
+  if loaded.classifier is not None and pad is not None:  # a last-token classifier stops at padding: none here
+    ids = np.where(ids == pad, (pad + 1) % loaded.tokenizer.vocab_size, ids)
   types = np.tile((np.arange(length) >= length // 2).astype(np.int64), (2, 1)) if cfg.type_vocab_size > 1 else \
       np.zeros_like(ids)
   extra = {'token_type_ids': torch.tensor(types)} if cfg.type_vocab_size else {}
