@@ -2,7 +2,8 @@
 # The whole single-GPU benchmark table in one run (bf16, one device, each system in its own process):
 #   bash scripts/gpu_benchmark.sh [OUT_DIR]          (default: benchmark-results/)
 # Rows, most important first: BERT-large MLM seq 128 batch 256, GPT-2-medium-size CLM seq 1024 batch 32, a ~1B
-# decoder seq 2048 batch 16, each as ours, Hugging Face Flax and PyTorch; compile time of 2 vs 24 layers; the input
+# decoder seq 2048 batch 16, TinyLlama-1.1B (llama-1b) seq 2048 batch 16, each as ours, Hugging Face Flax and
+# PyTorch; compile time of 2 vs 24 layers; the input
 # pipeline and checkpoint stall.
 # Needs a CUDA jax, and for the peers a CUDA torch and transformers==4.57.6: pip install -e '.[peers]' after
 # pip install -U "jax[cuda12]" torch.
@@ -88,6 +89,7 @@ EOF
 
 MLM=configs/pretrain_mlm.py
 CLM=configs/pretrain_clm.py
+LLAMA=configs/pretrain_llama.py
 SYSTEMS=(ours hf-flax hf-torch)
 for system in "${SYSTEMS[@]}"; do
   bench "bert-large.$system" 120 --config $MLM:size=bert-large --steps "$STEPS" --warmup "$WARMUP" --system "$system" \
@@ -99,6 +101,10 @@ for system in "${SYSTEMS[@]}"; do
 done
 for system in "${SYSTEMS[@]}"; do
   bench "decoder-1b.$system" 180 --config $CLM:size=1b --steps "$STEPS" --warmup "$WARMUP" --system "$system" \
+    --config.train.batch_size=16
+done
+for system in "${SYSTEMS[@]}"; do
+  bench "llama-1b.$system" 180 --config $LLAMA:size=llama-1b --steps "$STEPS" --warmup "$WARMUP" --system "$system" \
     --config.train.batch_size=16
 done
 bench compile-2-layers 90 --config $MLM:size=bert-large --steps 1 --warmup 0 --system ours \
@@ -123,7 +129,7 @@ def why(name):
 pct = lambda x: '-' if x is None else f'{100 * x:.1f}%'
 print('| config | system | step ms | tokens/s | TFLOP/s | MFU | peak GiB | compile s | ours / peer |')
 print('|---|---|---|---|---|---|---|---|---|')
-for config in ('bert-large', 'gpt2-medium', 'decoder-1b'):
+for config in ('bert-large', 'gpt2-medium', 'decoder-1b', 'llama-1b'):
   ours = load(f'{config}.ours')
   for system in systems:
     v = load(f'{config}.{system}')

@@ -62,7 +62,7 @@ def empty_cache(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope='session')
 def checkpoints(tmp_path_factory, shared_cache) -> CheckpointFactory:
-  """checkpoints(objective, steps=..., learning_rate=...) -> the workdir of a tiny pretraining run, made once per
+  """checkpoints(kind, steps=..., learning_rate=...) -> the workdir of a tiny pretraining run, made once per
   run (by whichever worker asks first; the other waits on its lock). Read only: a test that writes into a workdir
   copies it first."""
   del shared_cache  # the factory's runs use (and fill) the session cache
@@ -74,6 +74,13 @@ def checkpoints(tmp_path_factory, shared_cache) -> CheckpointFactory:
 # The full suite only (marked `slow`; the fast tier is `pytest -m "not slow"`): node-id prefixes, each with the
 # fast test that covers the same README claim (tests/README.md has the whole map).
 SLOW = {
+    'test_train.py::test_pretraining_learns_and_leaves_a_checkpoint_that_restores[llama]': '[mlm]',
+    'test_train.py::test_the_llama_command_trains': 'test_llama_model (all); test_pretraining_learns_...[mlm]',
+    'test_sharding.py::test_sharded_training_equals_one_device[llama-data+fsdp+tensor]': '[llama-tensor]',
+    'test_llama_conversion.py::test_finetuned_llama_exports_as_sequence_classification[stsb]': '[sst2]',
+    'test_plan.py::test_planned_activations_per_layer_are_near_the_compiled_steps_for_llama[none]':
+        '[dots_with_no_batch_dims]',
+    'test_plan.py::test_llama_plan_says_when_the_kv_heads_are_replicated[2]': '[1]',
     'test_kill_resume.py::test_ten_random_sigkills': 'test_two_random_sigkills_...',
     'test_finetune.py::test_glue_script_runs_every_task': 'test_glue_script_on_two_tasks_...',
     'test_finetune.py::test_a_gpt2_step_dir_from_scratch': 'test_model: pooling; test_pre_redesign: fine-tunes',

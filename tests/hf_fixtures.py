@@ -8,25 +8,44 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 import transformers
+from flax import nnx
 
 from pretrain.model import load as model_load
 from tests.checkpoint_fixtures import TRAINED
 
 # max |logit difference| in float32. Measured on trained weights: 3.3e-6 (export) and ~1e-6 (import); an erf GELU
-# where a tanh one belongs (or the reverse) moves the logits by 7e-5 to 8e-5.
+# where a tanh one belongs (or the reverse) moves the logits by 7e-5 to 8e-5. Llama (test_llama_conversion.py):
+# import 2.4e-6 on random tokens and 7.6e-6 on text, export of ours 4.3e-6 / 2.9e-6, sharded 4.1e-6, tied 3.3e-6,
+# classifiers <= 3e-8 (logits up to 1). That is near the float32 noise floor: on that text ours and transformers'
+# float32 run are both ~2e-5 from transformers in float64 (the trained residual stream reaches |x| ~ 4000), and a
+# tied variant with head_dim 32 and rope_theta 5e5 measured 2.3e-5 against transformers in float32 (ours 6.4e-6 and
+# transformers' float32 1.6e-5 from its float64 run).
 TOLERANCE = 1e-5
 TEXTS = ['def f(x):\n    return x * 2  # double it', 'Héllo wörld ✓ 漢字 and\ttabs', 'The quick brown fox.']
 HF_CLASSES = {'mlm': transformers.BertForMaskedLM, 'clm': transformers.GPT2LMHeadModel}
 
 
 def our_logits(checkpoint, ids, **kwargs):
-  loaded = model_load.load_checkpoint(str(checkpoint))
-  return np.asarray(loaded.build()(jnp.asarray(ids), **{k: jnp.asarray(v) for k, v in kwargs.items()}))
+  return logits_of(model_load.load_checkpoint(str(checkpoint)), ids, **kwargs)
 
 
 def hf_logits(model, ids, **kwargs):
   with torch.no_grad():
     return model(torch.tensor(ids), **{k: torch.tensor(v) for k, v in kwargs.items()}).logits.numpy()
+
+
+def logits_of(loaded, ids, cfg=None, flat=None, **kwargs):
+  """A loaded LanguageModel checkpoint's logits, with another config (cfg) or other flat params (flat) if given."""
+  graphdef, _ = nnx.split(nnx.eval_shape(lambda: model_load.model_builder(cfg or loaded.model_cfg, None)(0)))
+  params = loaded.params if flat is None else model_load.unflatten({k: jnp.asarray(v) for k, v in flat.items()})
+  return np.asarray(nnx.merge(graphdef, params)(jnp.asarray(ids), **{k: jnp.asarray(v) for k, v in kwargs.items()}))
+
+
+def padded(rows: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+  """Right-padded ids [rows, longest] and the real-token mask (1 real, 0 padding) of token rows."""
+  length = max(len(r) for r in rows)
+  ids = np.array([r + [pad_id] * (length - len(r)) for r in rows])
+  return ids, np.array([[1] * len(r) + [0] * (length - len(r)) for r in rows])
 
 
 WORDS = 'the cat dog sat on a mat and ran under red blue tree house saw it'.split()
@@ -81,9 +100,10 @@ def llama_dir(path: pathlib.Path, train_steps: int, **config) -> pathlib.Path:
   bpe = tokenizers.Tokenizer(tokenizers.models.BPE())
   bpe.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
   bpe.decoder = tokenizers.decoders.ByteLevel()
-  trainer = tokenizers.trainers.BpeTrainer(vocab_size=300, special_tokens=list(LLAMA_SPECIALS),
+  trainer = tokenizers.trainers.BpeTrainer(vocab_size=400, special_tokens=list(LLAMA_SPECIALS),
                                            initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
-  bpe.train_from_iterator([' '.join(WORDS)] * 20 + TEXTS, trainer)
+  corpus = stdlib_text()
+  bpe.train_from_iterator([corpus] + TEXTS, trainer)
   bos = LLAMA_SPECIALS[0]
   bpe.post_processor = tokenizers.processors.TemplateProcessing(single=f'{bos} $A', pair=f'{bos} $A {bos}:1 $B:1',
                                                                 special_tokens=[(bos, 0)])
@@ -95,20 +115,41 @@ def llama_dir(path: pathlib.Path, train_steps: int, **config) -> pathlib.Path:
       tie_word_embeddings=False, bos_token_id=0, eos_token_id=1), **config})
   torch.manual_seed(0)
   model = transformers.LlamaForCausalLM(config)
-  _train(model, bpe.get_vocab_size(), train_steps, token_types=False)
+  _train(model, bpe.get_vocab_size(), train_steps, token_types=False, text_ids=bpe.encode(corpus).ids)
   model.save_pretrained(path)
   return path
 
 
-def _train(model, vocab_size: int, steps: int, token_types: bool) -> None:
-  """Real optimizer steps at a high learning rate, so the weights are far from their initialisation."""
+def stdlib_text() -> str:
+  """Real text that every machine has: the Python sources of the standard library's json package."""
+  return ''.join(p.read_text(encoding='utf-8') for p in sorted(pathlib.Path(json.__file__).parent.glob('*.py')))
+
+
+def _train(model, vocab_size: int, steps: int, token_types: bool, text_ids: list[int] | None = None) -> None:
+  """Real optimizer steps at a high learning rate, so the weights are far from their initialisation: on random
+  tokens, or on windows of text_ids (then the model learns to predict, and its logits spread out). On one
+  thread: for these tiny matrices torch's threads only wait on each other (20x slower on a busy 2-core machine)."""
+  threads = torch.get_num_threads()
+  torch.set_num_threads(1)
+  try:
+    _steps(model, vocab_size, steps, token_types, text_ids)
+  finally:
+    torch.set_num_threads(threads)
+  model.eval()
+
+
+def _steps(model, vocab_size: int, steps: int, token_types: bool, text_ids: list[int] | None) -> None:
   optimizer = torch.optim.AdamW(model.parameters(), lr=TRAINED['learning_rate'])
   generator = torch.Generator().manual_seed(1)
+  text = torch.tensor(text_ids) if text_ids is not None else None
   for _ in range(steps):
-    ids = torch.randint(0, vocab_size, (4, 16), generator=generator)
+    if text is None:
+      ids = torch.randint(0, vocab_size, (4, 16), generator=generator)
+    else:
+      starts = torch.randint(0, len(text) - 16, (4, 1), generator=generator)
+      ids = text[starts + torch.arange(16)]
     extra = {'token_type_ids': torch.randint(0, 2, (4, 16), generator=generator)} if token_types else {}
     loss = model(ids, labels=ids, **extra).loss
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
-  model.eval()

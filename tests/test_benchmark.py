@@ -2,16 +2,21 @@
 
 Speed itself is never asserted here (the machines are shared); the benchmark reports it.
 """
+import dataclasses
 import json
 
+import jax
 import pytest
+from flax import nnx
 
+from pretrain.model.heads import LanguageModel
 from pretrain.runtime import accelerators
 from pretrain.runtime.config_files import load_config
 from pretrain.settings import PretrainSettings
 from pretrain.trainer import flops_per_step
-from tests.helpers import CLM_CONFIG, MLM_CONFIG, TINY_OVERRIDES
+from tests.helpers import CLM_CONFIG, MLM_CONFIG, ROOT, TINY_OVERRIDES
 from tools.benchmark import cli as benchmark
+from tools.benchmark import peers
 
 FIELDS = {'step_ms', 'tokens_per_sec', 'model_tflops_per_sec', 'mfu', 'compile_s', 'peak_memory_bytes'}
 
@@ -57,6 +62,29 @@ def test_peers_run_the_same_size_in_their_own_processes_and_report_ratios(capfd)
     # The same model FLOPs per token for every system: their model TFLOP/s are in the ratio of their tokens/s.
     assert peer['model_tflops_per_sec'] / peer['tokens_per_sec'] == pytest.approx(
         result['model_tflops_per_sec'] / result['tokens_per_sec'])
+
+
+def test_llama_peers_build_the_same_model_and_time_its_steps():
+  # configs/pretrain_llama.py, tiny_config's sizes: 4 heads, 2 kv heads, SwiGLU, an untied head.
+  config = load_config(str(ROOT / 'configs' / 'pretrain_llama.py') + ':size=tiny', TINY_OVERRIDES)
+  settings = PretrainSettings.from_config(config)
+  ours = nnx.eval_shape(lambda: LanguageModel(settings.model, nnx.Rngs(0)))
+  num_params = sum(x.size for x in jax.tree.leaves(nnx.state(ours, nnx.Param)))
+  torch_model = peers.hf_model(settings, flax=False)
+  assert type(torch_model).__name__ == 'LlamaForCausalLM' and torch_model.config.num_key_value_heads == 2
+  assert sum(p.numel() for p in torch_model.parameters()) == num_params
+  flax_model = peers.hf_model(settings, flax=True)
+  assert type(flax_model).__name__ == 'FlaxLlamaForCausalLM'
+  assert sum(x.size for x in jax.tree.leaves(flax_model.params)) == num_params
+  for name, measure in peers.MEASURE.items():
+    timing = measure(settings, flops_per_step(settings), 2, 1, None)
+    figures = timing.figures()
+    assert timing.name == name and len(timing.step_seconds) == 2
+    assert figures['tokens_per_sec'] == pytest.approx(settings.tokens_per_step / (figures['step_ms'] / 1000))
+  # Flax's Llama derives its head width from hidden_size / num_heads: another one is refused, naming the field.
+  wide_heads = dataclasses.replace(settings, model=dataclasses.replace(settings.model, head_dim=32))
+  with pytest.raises(peers.PeerUnavailable, match='model.head_dim: FlaxLlamaForCausalLM has heads of '):
+    peers.hf_model(wide_heads, flax=True)
 
 
 @pytest.mark.parametrize('argv,field', [

@@ -3,9 +3,12 @@ import dataclasses
 
 import jax
 import pytest
+from flax import nnx
 
 from pretrain import trainer
-from pretrain.model import flops
+from pretrain.model import flops, presets
+from pretrain.model.config import ModelConfig
+from pretrain.model.heads import LanguageModel
 from pretrain.runtime import accelerators
 from pretrain.settings import PretrainSettings
 from tests.helpers import tiny_config, tiny_model_config
@@ -37,13 +40,49 @@ def test_train_flops_per_token_match_a_hand_count():
   assert trainer.flops_per_step(PretrainSettings.from_config(tiny_config('clm'))) == 615168 * 8 * 32  # 8 x 32
 
 
-@pytest.mark.parametrize('objective', ['mlm', 'clm'])
-def test_flops_agree_with_xla_cost_analysis_of_the_compiled_step(objective):
+def llama_config(**overrides):
+  """tiny_config's sizes with the llama preset (configs/pretrain_llama.py's architecture) on causal LM."""
+  return tiny_config('clm', **{**presets.preset_fields('llama'), **overrides})
+
+
+def test_llama_flops_per_token_match_a_hand_count_and_the_models_weights():
+  # 2 layers, d=64, n=4 query heads and g=2 key/value heads of width h=32 (n h = 128 != d), SwiGLU f=96,
+  # an untied output layer, V=512; seq_len T=32.
+  # Projections per layer: q and out 2 * d n h = 2*64*4*32 = 16384 weights, k and v 2 * d g h = 2*64*2*32 = 8192,
+  #   SwiGLU gate, up and down 3 * d f = 3*64*96 = 18432: 43008 weights; forward 2 * 2 layers * 43008 = 172032.
+  # Causal attention over (32 + 1) / 2 = 16.5 keys: 4 n h * 16.5 = 4*4*32*16.5 = 8448 per layer, 16896.
+  # The untied head on every token: 2 * 64*512 = 65536.
+  # forward 172032 + 16896 + 65536 = 254464; training x3 = 763392.
+  config = llama_config(num_kv_heads=2, head_dim=32, mlp_dim=96)
+  llama = ModelConfig.from_config(config.model)
+  assert presets.preset_of(llama) == 'llama'
+  assert flops.forward_flops_breakdown(llama, 32, predicted_per_sequence=32) == {
+      'projections': 172032, 'attention': 16896, 'head': 65536}
+  assert flops.train_flops_per_token(llama, 32, 32) == 763392
+  assert trainer.flops_per_token(PretrainSettings.from_config(config)) == 763392
+  # Tying the head changes no FLOPs (the same d x V matmul).
+  assert flops.train_flops_per_token(dataclasses.replace(llama, tie_embeddings=True), 32, 32) == 763392
+  # The weights counted are the model's: per layer 43008 projection weights and two RMSNorm scales (d each),
+  # a final RMSNorm, the embedding and the untied head (V d each); no biases.
+  model = nnx.eval_shape(lambda: LanguageModel(llama, nnx.Rngs(0)))
+  params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  assert params == 2 * (43008 + 2 * 64) + 64 + 2 * 512 * 64
+
+
+def _one_layer_config(kind: str):
+  if kind == 'llama':  # grouped-query attention (2 kv heads), heads of 96 (n h = 384 != d), SwiGLU
+    return llama_config(num_layers=1, hidden_size=256, num_kv_heads=2, head_dim=96, mlp_dim=768)
+  config = tiny_config(kind)
+  config.model.num_layers, config.model.hidden_size, config.model.mlp_dim = 1, 256, 1024
+  return config
+
+
+@pytest.mark.parametrize('kind', ['mlm', 'clm', 'llama'])
+def test_flops_agree_with_xla_cost_analysis_of_the_compiled_step(kind):
   """XLA counts every op of the compiled step on one device (it is reliable on CPU), but a scanned layer's
   body only once whatever the trip count, so the model has one layer; and it counts the dense attention a
   causal mask discards, which the counter leaves out."""
-  config = tiny_config(objective)
-  config.model.num_layers, config.model.hidden_size, config.model.mlp_dim = 1, 256, 1024
+  config = _one_layer_config(kind)
   config.data.seq_len = config.model.max_position_embeddings = 128
   config.model.dropout_rate = 0.0
   settings = PretrainSettings.from_config(config)
@@ -51,9 +90,10 @@ def test_flops_agree_with_xla_cost_analysis_of_the_compiled_step(objective):
   plan = plan_mesh(settings, {'data': 1, 'fsdp': 1, 'tensor': 1}, jax.devices()[:1])
   xla_flops = compile_step(plan)[0].cost_analysis()['flops']
   ours = trainer.flops_per_step(settings)
-  t, d, tokens = config.data.seq_len, model_cfg.hidden_size, config.train.batch_size * config.data.seq_len
-  masked_half = 3 * 4 * d * (t - (t + 1) / 2) * tokens if objective == 'clm' else 0
-  # The rest (LayerNorm, GELU, softmax, the optimizer update) is measured at 2-3% of the step.
+  t, tokens = config.data.seq_len, config.train.batch_size * config.data.seq_len
+  width = model_cfg.num_heads * model_cfg.head_dim  # q.k and the sum over v: 4 n h FLOPs per key
+  masked_half = 3 * 4 * width * (t - (t + 1) / 2) * tokens if model_cfg.causal else 0
+  # The rest (norms, GELU or SiLU, rotary, softmax, the optimizer update) is measured at 2-3% of the step.
   assert ours + masked_half <= xla_flops <= 1.05 * (ours + masked_half)
 
 

@@ -18,7 +18,7 @@ from tools.launch import cli as launch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 JOB_CONFIGS = ('bert_base_wiki', 'bert_large_wiki', 'gpt2_small_wiki', 'gpt2_medium_wiki', 'gpt2_large_wiki',
-               'decoder_1b_wiki')
+               'decoder_1b_wiki', 'llama_1b_wiki')
 CONFIGS = ROOT / 'configs'
 TPU = ['tpu', '--config', f'{CONFIGS}/bert_large_wiki.py:data=/shared/wiki-128', '--workdir', '/shared/runs/x',
        '--tpu', 'my-tpu', '--zone', 'us-central2-b', '--accelerator_type', 'v4-32']
@@ -200,6 +200,18 @@ def test_bad_input_is_one_line_naming_the_flag_and_exit_2(capsys, argv, line):
   status, out, err = launch_out(capsys, [*argv[:split], '--dry-run', *argv[split:]])
   assert status == 2 and out == ''
   assert len(err.strip().splitlines()) == 1 and err.startswith(f'error: {line}'), err
+
+
+@pytest.mark.parametrize('tensor, replicated', [(4, False), (8, True)])
+def test_kv_heads_the_mesh_does_not_divide_are_replicated_and_the_summary_says_so(capsys, tensor, replicated):
+  # llama-1b: 32 heads, MLP 5632 and 4 kv heads; tensor 8 splits the heads and the MLP but not the kv heads.
+  argv = ['slurm', '--config', f'{CONFIGS}/llama_1b_wiki.py:data=/shared/wiki', '--workdir', '/shared/runs/x',
+          '--nodes', '2', '--gpus_per_node', '8', '--dry-run', '--', '--config.mesh.fsdp=-1',
+          f'--config.mesh.tensor={tensor}']
+  status, out, err = launch_out(capsys, argv)
+  assert status == 0, err
+  assert f'mesh data=1 fsdp={16 // tensor} tensor={tensor} on 16 devices' in out
+  assert ('the 4 kv heads are replicated (the mesh does not divide them)' in out) == replicated
 
 
 def test_missing_flag_and_missing_gcloud_exit_2_naming_them(capsys, monkeypatch, tmp_path):

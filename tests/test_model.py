@@ -10,22 +10,23 @@ from flax import nnx
 from pretrain.runtime.errors import ConfigError
 from pretrain.model.config import ModelConfig
 from pretrain.model.heads import Classifier, LanguageModel
+from pretrain.model.layers import RMSNorm
 from tests.helpers import tiny_config, tiny_model_config
 
 B, T = 2, 16
 
 
-def _model(objective='mlm', **overrides):
-  return LanguageModel(tiny_model_config(objective, **overrides), nnx.Rngs(0))
+def _model(kind='mlm', **overrides):
+  return LanguageModel(tiny_model_config(kind, **overrides), nnx.Rngs(0))
 
 
 def _tokens(seed=0):
   return jax.random.randint(jax.random.key(seed), (B, T), 5, 512)
 
 
-@pytest.mark.parametrize('objective', ['mlm', 'clm'])
-def test_logits_shape_and_dtype(objective):
-  model = _model(objective, dtype='bfloat16')
+@pytest.mark.parametrize('kind', ['mlm', 'clm', 'llama'])
+def test_logits_shape_and_dtype(kind):
+  model = _model(kind, dtype='bfloat16')
   logits = model(_tokens())
   assert logits.shape == (B, T, 512) and logits.dtype == jnp.float32
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
@@ -45,10 +46,17 @@ def test_presets_have_their_parts():
   assert bert.encoder.pool(bert.encoder(_tokens())).shape == (B, 64)
   # Layers are scanned: one stacked parameter per weight, leading axis = num_layers.
   assert bert.encoder.blocks.mlp.wi.kernel[...].shape == (2, 64, 128)
+  llama = _model('llama')  # rotary positions, RMSNorm, SwiGLU, 2 kv heads of width 16, an untied head, no biases
+  assert llama.encoder.position_embed is None and llama.encoder.type_embed is None and llama.mlm_head is None
+  assert isinstance(llama.encoder.blocks.attention_norm, RMSNorm) and isinstance(llama.encoder.final_norm, RMSNorm)
+  assert llama.encoder.blocks.mlp.wi is None and llama.encoder.blocks.mlp.wi_gate.kernel[...].shape == (2, 64, 128)
+  assert llama.encoder.blocks.attention.key.kernel[...].shape == (2, 64, 2, 16)
+  assert llama.lm_head.kernel[...].shape == (64, 512) and llama.encoder.blocks.attention.query.bias is None
 
 
-def test_causal_model_never_sees_the_future():
-  model = _model('clm')
+@pytest.mark.parametrize('kind', ['clm', 'llama'])
+def test_causal_model_never_sees_the_future(kind):
+  model = _model(kind)
   tokens = _tokens()
   changed = tokens.at[:, 10:].set(7)
   a, b = model(tokens), model(changed)
@@ -63,9 +71,9 @@ def test_bidirectional_model_sees_the_future():
   assert not np.allclose(a[:, :10], b[:, :10], atol=1e-3)
 
 
-@pytest.mark.parametrize('objective', ['mlm', 'clm'])
-def test_packed_segments_do_not_attend_to_each_other(objective):
-  model = _model(objective)
+@pytest.mark.parametrize('kind', ['mlm', 'clm', 'llama'])
+def test_packed_segments_do_not_attend_to_each_other(kind):
+  model = _model(kind)
   segments = jnp.array([[1] * 6 + [2] * 6 + [0] * 4] * B)
   positions = jnp.array([list(range(6)) * 2 + [0] * 4] * B)
   tokens = _tokens()

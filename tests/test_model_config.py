@@ -58,11 +58,13 @@ def test_a_pre_ln_mlm_encoder_is_allowed_and_a_causal_mlm_is_an_error_naming_the
 def test_roles_decide_what_a_checkpoint_fixes():
   assert set(fields_with_role('runtime')) == {'dropout_rate', 'attention_dropout_rate', 'dtype', 'remat_policy'}
   architecture = fields_with_role('architecture')
-  assert {'layer_norm_eps', 'norm_position', 'mlp', 'causal', 'vocab_size', 'tie_embeddings'} <= set(architecture)
+  assert {'layer_norm_eps', 'norm_position', 'mlp', 'causal', 'vocab_size', 'tie_embeddings', 'norm', 'positions',
+          'num_kv_heads', 'head_dim', 'rope_theta'} <= set(architecture)
   assert resume_fields() == ('objective', 'mlm.sentence_task', *(f'model.{f}' for f in architecture))
   config = tiny_config('mlm')
   meta = {'config': json.loads(PretrainSettings.from_config(config).to_json())}
-  for field, value in (('norm_position', 'pre'), ('layer_norm_eps', 1e-6), ('mlp', 'gelu_tanh')):
+  for field, value in (('norm_position', 'pre'), ('layer_norm_eps', 1e-6), ('mlp', 'gelu_tanh'), ('num_kv_heads', 2),
+                       ('rope_theta', 5e5)):
     changed = tiny_config('mlm')
     changed.model[field] = value
     with pytest.raises(ConfigError, match=rf'^model\.{field}: .* differs from .* in the checkpoint at ckpt'):
@@ -83,7 +85,17 @@ def test_meta_of_any_version_gives_the_architecture_it_was_trained_with():
   current['config']['mlm']['sentence_task'] = 'sop'
   assert from_checkpoint_meta(current).sentence_head
   assert not from_checkpoint_meta({**current, 'classifier': {'task': 'sst2'}}).sentence_head
-  legacy['config']['model']['variant'] = 'llama'
+  # Written before grouped-query attention and rotary positions: the fields it lacks count with the values it
+  # trained with (test_llama_model: such a checkpoint loads and resumes).
+  before_llama = {'config': json.loads(PretrainSettings.from_config(tiny_config('clm')).to_json())}
+  for name in ('num_kv_heads', 'head_dim', 'rope_theta'):
+    del before_llama['config']['model'][name]
+  cfg = from_checkpoint_meta(before_llama)
+  assert (cfg.num_kv_heads, cfg.head_dim, cfg.rope_theta) == (4, 16, 1e4)
+  check_resumable(PretrainSettings.from_config(tiny_config('clm')), before_llama, 'ckpt')
+  with pytest.raises(ConfigError, match=r'^model\.num_kv_heads: 2 differs from 4 in the checkpoint at ckpt'):
+    check_resumable(PretrainSettings.from_config(tiny_config('clm', num_kv_heads=2)), before_llama, 'ckpt')
+  legacy['config']['model']['variant'] = 'llama'  # the code that wrote `variant` knew bert and gpt2 only
   with pytest.raises(ConfigError, match=r"^checkpoint: model\.variant 'llama' is not one of"):
     from_checkpoint_meta(legacy)
 

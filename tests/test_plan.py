@@ -6,13 +6,23 @@ import pytest
 from flax import nnx
 
 from pretrain import trainer
+from pretrain.model import presets
 from pretrain.model.heads import LanguageModel
 from pretrain.runtime import sharding
 from pretrain.settings import PretrainSettings
-from tests.helpers import MLM_CONFIG, TINY_OVERRIDES, tiny_config
+from tests.helpers import MLM_CONFIG, ROOT, TINY_OVERRIDES, tiny_config
 from tools.plan import cli as plan
 from tools.plan.mesh import compile_step, compiled_memory, plan_candidates, plan_mesh, suggest
 
+LLAMA_CONFIG = str(ROOT / 'configs' / 'pretrain_llama.py') + ':size=tiny'
+
+
+def _config(kind: str, **model_overrides):
+  """tiny_config for 'mlm', 'clm', or 'llama' (the llama preset with one key/value head: multi-query attention,
+  which a tensor axis of 2 cannot split)."""
+  if kind == 'llama':
+    return tiny_config('clm', **{**presets.preset_fields('llama'), 'num_kv_heads': 1, **model_overrides})
+  return tiny_config(kind, **model_overrides)
 
 
 def _bytes_on(tree, device) -> int:
@@ -20,10 +30,11 @@ def _bytes_on(tree, device) -> int:
              if shard.device == device)
 
 
-@pytest.mark.parametrize('objective', ['mlm', 'clm'])
-def test_planned_state_is_the_real_states_and_the_total_is_near_the_compiled_steps(objective):
-  settings = PretrainSettings.from_config(tiny_config(objective))
+@pytest.mark.parametrize('kind', ['mlm', 'clm', 'llama'])
+def test_planned_state_is_the_real_states_and_the_total_is_near_the_compiled_steps(kind):
+  settings = PretrainSettings.from_config(_config(kind))
   planned = plan_mesh(settings, {'data': 2, 'fsdp': 2, 'tensor': 2}, jax.devices())
+  assert planned.kv_heads_replicated == (kind == 'llama')
   with sharding.use_mesh_and_rules(planned.mesh, planned.rules):
     state = planned.trainer.init()
   for device in jax.devices():
@@ -63,6 +74,39 @@ def test_cli_on_another_device_count_suggests_a_mesh_and_ends_with_a_json_line(c
   compiled = figures['compiled_bytes_per_device']
   assert compiled['total'] == compiled['argument'] + compiled['output'] - compiled['alias'] + compiled['temp']
   assert 0 < figures['bytes_per_device']['total'] and figures['compile_s'] > 0
+
+
+@pytest.mark.parametrize('remat_policy', ['none', 'dots_with_no_batch_dims'])
+def test_planned_activations_per_layer_are_near_the_compiled_steps_for_llama(remat_policy):
+  """What a layer keeps for the backward pass (grouped-query k/v, SwiGLU, RMSNorm, rotary): the compiled step's
+  temporaries grow with the layers as the planned activations do (float32, where the CPU compile is faithful)."""
+  def plan_of(layers: int):
+    config = _config('llama', num_layers=layers, hidden_size=128, num_kv_heads=2, head_dim=48, mlp_dim=384,
+                     remat_policy=remat_policy, max_position_embeddings=128)
+    config.data.seq_len = 128
+    return plan_mesh(PretrainSettings.from_config(config), {'data': 1, 'fsdp': 1, 'tensor': 1}, jax.devices()[:1])
+
+  two, four = plan_of(2), plan_of(4)  # (a single layer's scan compiles differently)
+  planned = four.estimate.activations - two.estimate.activations
+  compiled = compiled_memory(compile_step(four)[0])['temp'] - compiled_memory(compile_step(two)[0])['temp']
+  assert 0.85 * compiled <= planned <= 1.15 * compiled, (planned, compiled)
+
+
+@pytest.mark.parametrize('kv_heads', [1, 2])
+def test_llama_plan_says_when_the_kv_heads_are_replicated(capfd, kv_heads):
+  argv = ['--config', LLAMA_CONFIG, '--devices', '8', *TINY_OVERRIDES, f'--config.model.num_kv_heads={kv_heads}',
+          '--config.mesh.data=2', '--config.mesh.fsdp=2', '--config.mesh.tensor=2']
+  assert plan.main(argv) == 0
+  out = capfd.readouterr().out
+  figures = json.loads(out.strip().splitlines()[-1])
+  replicated = kv_heads == 1  # tensor 2 splits 2 kv heads, not 1
+  assert figures['kv_heads_replicated'] == replicated
+  assert ('kv heads replicated: tensor=2 does not divide the 1 key/value heads' in out) == replicated
+  assert f'4 heads of 16, {kv_heads} kv heads, swiglu mlp 128' in out and 'untied head' in out
+  assert figures['flops_per_token'] == trainer.flops_per_token(
+      PretrainSettings.from_config(_config('llama', num_kv_heads=kv_heads)))
+  compiled = figures['compiled_bytes_per_device']['total']
+  assert abs(figures['bytes_per_device']['total'] - compiled) <= 0.2 * compiled
 
 
 @pytest.mark.parametrize('extra,message', [

@@ -97,28 +97,30 @@ def _assert_same_training(reference, other):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), params_a, params_b)
 
 
-# (data, fsdp, tensor) on 8 devices, or on 4 for pure tensor parallelism (the tiny test model has 4 heads).
+# (data, fsdp, tensor) on 8 devices, or on 4 for pure tensor parallelism (the tiny test model has 4 heads; llama's
+# 2 kv heads are replicated on tensor 4, split on tensor 2).
 MESHES = {'data': (8, 1, 1), 'fsdp': (1, 8, 1), 'tensor': (1, 1, 4), 'data+fsdp+tensor': (2, 2, 2)}
 
 
-def _dropout_config(objective: str, mesh: tuple[int, int, int]):
-  config = tiny_config(objective)
+def _dropout_config(kind: str, mesh: tuple[int, int, int]):
+  config = tiny_config(kind)
   config.model.dropout_rate = 0.1  # dropout draws must not depend on the layout either
   config.mesh.data, config.mesh.fsdp, config.mesh.tensor = mesh
   return config
 
 
 @functools.cache
-def _one_device(objective: str):
-  """The reference run on one device (shared by the layouts of one objective)."""
-  return _run_steps(_dropout_config(objective, (1, 1, 1)), jax.devices()[:1])
+def _one_device(kind: str):
+  """The reference run on one device (shared by the layouts of one kind of tiny_config)."""
+  return _run_steps(_dropout_config(kind, (1, 1, 1)), jax.devices()[:1])
 
 
-@pytest.mark.parametrize('objective,layout', [('mlm', name) for name in MESHES] + [('clm', 'data+fsdp+tensor')])
-def test_sharded_training_equals_one_device(objective, layout):
+@pytest.mark.parametrize('kind,layout', [('mlm', name) for name in MESHES] + [('clm', 'data+fsdp+tensor')] +
+                         [('llama', 'data+fsdp+tensor'), ('llama', 'tensor')])
+def test_sharded_training_equals_one_device(kind, layout):
   """Loss, gradients and the parameters after two steps do not depend on how the mesh splits the work."""
-  config = _dropout_config(objective, MESHES[layout])
-  _assert_same_training(_one_device(objective), _run_steps(config, jax.devices()[:math.prod(MESHES[layout])]))
+  config = _dropout_config(kind, MESHES[layout])
+  _assert_same_training(_one_device(kind), _run_steps(config, jax.devices()[:math.prod(MESHES[layout])]))
 
 
 @pytest.mark.parametrize('objective', ['mlm', 'clm'])

@@ -106,6 +106,7 @@ class ModelConfig:
   def validate(self) -> None:
     for name in ('vocab_size', 'hidden_size', 'num_layers', 'num_heads', 'mlp_dim', 'max_position_embeddings'):
       require(getattr(self, name) > 0, f'model.{name}: must be positive, got {getattr(self, name)}')
+    require(self.head_dim >= 0, f'model.head_dim: must be positive (0: hidden_size // num_heads), got {self.head_dim}')
     require(self.head_dim > 0,
             f'model.num_heads: {self.num_heads} does not divide model.hidden_size {self.hidden_size}')
     require(self.num_kv_heads > 0 and self.num_heads % self.num_kv_heads == 0,

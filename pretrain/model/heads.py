@@ -4,13 +4,14 @@ LanguageModel: hidden states -> logits over the vocabulary. With model.head_tran
 passes dense + activation + norm (bert's MLM head); the output layer is the token embedding itself
 (model.tie_embeddings) or its own matrix (`lm_head`); model.head_bias adds a bias. bert: BertForMaskedLM's head;
 gpt2: GPT2LMHeadModel's (tied, no bias). With model.sentence_head (mlm.sentence_task nsp or sop) a 2-way head on
-the pooled first token (BertForPreTraining's cls.seq_relationship).
+the pooled first token (BertForPreTraining's cls.seq_relationship). `decode` runs a causal model with a KV cache
+(pretrain/model/kv_cache.py) for generation (tools.generate).
 
 Classifier: a fresh classification (or regression) head on a pooled hidden state. pooling 'auto': the pooler
 when the model has one (BertForSequenceClassification), else the last real token for a causal model
 (GPT2ForSequenceClassification, LlamaForSequenceClassification), else the mean of the real tokens; 'mean': the
-mean of the real tokens' hidden states. Its parameter tree is {'encoder': <the pretraining encoder's tree>, 'head': ...}, so the encoder restores
-from a pretraining checkpoint by name.
+mean of the real tokens' hidden states. Its parameter tree is {'encoder': <the pretraining encoder's tree>,
+'head': ...}, so the encoder restores from a pretraining checkpoint by name.
 """
 import jax
 import jax.numpy as jnp

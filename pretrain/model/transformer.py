@@ -97,8 +97,9 @@ class Transformer(nnx.Module):
     if segment_ids is None and cache is None:
       segment_ids = jnp.ones((batch, length), jnp.int32)
     if positions is None:
-      start = 0 if cache is None else cache.index
-      positions = jnp.broadcast_to(start + jnp.arange(length, dtype=jnp.int32), (batch, length))
+      positions_t = jnp.arange(length, dtype=jnp.int32)
+      positions_t = positions_t if cache is None else cache.index + positions_t
+      positions = jnp.broadcast_to(positions_t, (batch, length))
     if token_type_ids is None:
       token_type_ids = jnp.zeros((batch, length), jnp.int32)
     embed_key, layers_key = split_key(dropout_key, 2) if dropout_key is not None else (None, None)

@@ -9,8 +9,9 @@ when the device's peak is unknown, e.g. CPU; --accelerator names it), compile_s,
 peak on GPU/TPU, the compiled step's footprint on CPU).
 
 Model FLOPs are pretrain.model.flops' count, shared with tools.plan and the training log: 6 per weight and token
-for the matmuls, plus attention (4 d per key and layer forward; causal attention counts the keys a query sees,
-(T + 1) / 2 on average), plus the output layer on the predicted tokens only.
+for the matmuls (grouped-query k/v and SwiGLU's three matrices as they are), plus attention (4 n h per key and
+layer forward for n heads of width h; causal attention counts the keys a query sees, (T + 1) / 2 on average),
+plus the output layer (tied or not) on the predicted tokens only.
 
 --peers also runs the same size, batch and sequence length through Hugging Face Flax and PyTorch
 (tools.benchmark.peers), each system in its own process one after the other (no shared thread pools or device

@@ -1,14 +1,21 @@
 """The peers a user would pick instead of us, run on the same model size, batch and sequence length:
 
-  hf-flax   Hugging Face FlaxBertForMaskedLM / FlaxGPT2LMHeadModel (transformers 4.57.6 is the last release with
-            Flax models), one jitted train step with donated buffers, as the Hugging Face Flax examples do;
-  hf-torch  Hugging Face PyTorch BertForMaskedLM / GPT2LMHeadModel, eager, on CUDA when there is one.
+  hf-flax   Hugging Face FlaxBertForMaskedLM / FlaxGPT2LMHeadModel / FlaxLlamaForCausalLM (transformers 4.57.6 is
+            the last release with Flax models), one jitted train step with donated buffers, as the Hugging Face
+            Flax examples do;
+  hf-torch  Hugging Face PyTorch BertForMaskedLM / GPT2LMHeadModel / LlamaForCausalLM, eager, with torch's fused
+            scaled_dot_product_attention ('sdpa'), on CUDA when there is one.
 
-Each gets our config's architecture (pretrain.model.hf_config.to_hf_config: the same dropout, GELU and tied embedding),
-compute dtype (HF Flax `dtype=`, torch autocast) and optimizer (AdamW, clipping at train.grad_clip_norm), and
-inputs masked ahead on the host (MLM: mask_prob of the tokens replaced by [MASK]; untimed). As in their examples,
-the peers compute the output layer on every position, also MLM's unmasked ones. Model FLOPs are the same count
-for every system (ours: pretrain.model.flops), so the ratio of their MFU is the ratio of their tokens/s.
+Each gets our config's architecture (pretrain.model.hf_config.to_hf_config: the same dropout, GELU, tied or untied
+head, kv heads, head width, rope base), compute dtype (HF Flax `dtype=`, torch autocast) and optimizer (AdamW,
+clipping at train.grad_clip_norm), and inputs masked ahead on the host (MLM: mask_prob of the tokens replaced by
+[MASK]; untimed). As in their examples, the peers compute the output layer on every position, also MLM's unmasked
+ones. Model FLOPs are the same count for every system (ours: pretrain.model.flops), so the ratio of their MFU is
+the ratio of their tokens/s.
+Llama: Hugging Face's Llama has no dropout but on the attention probabilities, so model.dropout_rate > 0 costs
+only us (set --config.model.dropout_rate=0 for the same work). FlaxLlamaForCausalLM always has an untied head
+and rope base 10000, which cost what ours cost; it derives the head width from hidden_size / num_heads, so a
+model.head_dim other than that cannot run on it (PeerUnavailable).
 
 A peer that cannot run here raises PeerUnavailable with the reason (a missing package, say).
 """
@@ -56,12 +63,28 @@ def _transformers(need_flax: bool):
 
 def _hf_config(transformers, model_cfg: ModelConfig):
   fields = to_hf_config(model_cfg, MASKED_LM[hf_preset(model_cfg, '--config')], pad_id=0, cls_id=1, sep_id=2)
-  return transformers.AutoConfig.for_model(**fields)
+  return transformers.AutoConfig.for_model(**fields, attn_implementation='sdpa')  # the torch peer's attention
+
+
+def hf_model(settings: PretrainSettings, flax: bool):
+  """Our config's preset as its Hugging Face class (hf_config.MASKED_LM), the Flax one (in the compute dtype)
+  or the PyTorch one (float32 weights, sdpa attention); fresh weights from settings.seed."""
+  transformers = _transformers(need_flax=flax)
+  model_cfg = settings.model
+  preset = hf_preset(model_cfg, '--config')
+  config = _hf_config(transformers, model_cfg)
+  if not flax:
+    import torch  # pylint: disable=g-import-not-at-top
+    torch.manual_seed(settings.seed)
+    return getattr(transformers, MASKED_LM[preset])(config)
+  if preset == 'llama' and model_cfg.head_dim * model_cfg.num_heads != model_cfg.hidden_size:
+    raise PeerUnavailable(f'model.head_dim: FlaxLlamaForCausalLM has heads of hidden_size / num_heads = '
+                          f'{model_cfg.hidden_size // model_cfg.num_heads}, not {model_cfg.head_dim}')
+  return getattr(transformers, 'Flax' + MASKED_LM[preset])(config, seed=settings.seed, dtype=model_cfg.compute_dtype)
 
 
 def measure_hf_flax(settings: PretrainSettings, flops_per_step: float, steps: int, warmup: int,
                     accelerator_name: str | None) -> StepTiming:
-  transformers = _transformers(need_flax=True)
   import time  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -70,10 +93,7 @@ def measure_hf_flax(settings: PretrainSettings, flops_per_step: float, steps: in
   from tools.benchmark.step import peak_memory_bytes  # pylint: disable=g-import-not-at-top
 
   accelerator = accelerators.detect_or_get(accelerator_name, jax.devices()[0].device_kind)
-  model_cfg = settings.model
-  flax_classes = {'bert': transformers.FlaxBertForMaskedLM, 'gpt2': transformers.FlaxGPT2LMHeadModel}
-  model = flax_classes[hf_preset(model_cfg, '--config')](_hf_config(transformers, model_cfg), seed=settings.seed,
-                                                          dtype=model_cfg.compute_dtype)
+  model = hf_model(settings, flax=True)
   optimizer = optim.make_optimizer(settings.train.optimizer)
   inputs, labels = (jnp.asarray(a) for a in masked_inputs(settings))
   if settings.objective == 'clm':  # predict token t+1 at position t
@@ -115,15 +135,12 @@ def measure_hf_torch(settings: PretrainSettings, flops_per_step: float, steps: i
   except ImportError as e:
     raise PeerUnavailable(f'torch is not installed ({e}): pip install torch') from None
   import contextlib  # pylint: disable=g-import-not-at-top
-  transformers = _transformers(need_flax=False)
 
   device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
   accelerator = accelerators.detect_or_get(accelerator_name,
                                            torch.cuda.get_device_name(0) if device.type == 'cuda' else 'cpu')
   model_cfg = settings.model
-  torch_classes = {'bert': transformers.BertForMaskedLM, 'gpt2': transformers.GPT2LMHeadModel}
-  torch.manual_seed(settings.seed)
-  model = torch_classes[hf_preset(model_cfg, '--config')](_hf_config(transformers, model_cfg)).to(device).train()
+  model = hf_model(settings, flax=False).to(device).train()
   train = settings.train
   optimizer = torch.optim.AdamW(model.parameters(), lr=train.learning_rate, betas=(train.b1, train.b2),
                                 eps=train.eps, weight_decay=train.weight_decay)

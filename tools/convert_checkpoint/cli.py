@@ -14,7 +14,6 @@ Bad input is one line `error: ...` and exit status 2; an output directory appear
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 
 from pretrain.runtime.cli import ArgumentParser, tool_main

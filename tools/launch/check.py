@@ -18,7 +18,9 @@ from pretrain.runtime.errors import ConfigError, require
 from pretrain.settings import PretrainSettings, check_batch_split
 
 ENV_NAME = re.compile(r'[A-Za-z_][A-Za-z0-9_]*')
-# Logical axis -> the model field that sizes it, for the parameter dimensions that the mesh may split.
+# Logical axis -> the model field that sizes it, for the parameter dimensions that the mesh must split evenly.
+# Not 'kv_heads': grouped-query attention's key/value heads are replicated where the mesh does not divide them
+# (pretrain.runtime.sharding.REPLICATED_WHEN_INDIVISIBLE), which the summary says.
 PARAMETER_AXES = {'embed': 'hidden_size', 'heads': 'num_heads', 'mlp': 'mlp_dim', 'vocab': 'vocab_size'}
 
 
@@ -55,6 +57,7 @@ class Fit:
   batch_size: int
   microbatches: int
   seq_len: int
+  kv_heads_replicated: bool = False  # the mesh does not divide model.num_kv_heads
 
   @property
   def rows_per_device(self) -> int:
@@ -68,7 +71,9 @@ class Fit:
     return (f'{settings.objective} {presets.describe(model)} {model.num_layers}x{model.hidden_size}: '
             f'mesh {shape} on {self.devices} devices{procs}; batch {self.batch_size} = {self.data_parallel} '
             f'data-parallel x {self.microbatches} microbatch(es) x {self.rows_per_device} rows of {self.seq_len}: '
-            f'{self.rows_per_device * self.seq_len} tokens per device at once')
+            f'{self.rows_per_device * self.seq_len} tokens per device at once'
+            + (f'; the {model.num_kv_heads} kv heads are replicated (the mesh does not divide them)'
+               if self.kv_heads_replicated else ''))
 
 
 def _axes_size(mesh: dict[str, int], entry) -> int:
@@ -92,4 +97,5 @@ def check_fit(config, devices: int, processes: int | None) -> tuple[PretrainSett
   batch, micro = settings.train.batch_size, settings.train.microbatches
   require(processes is None or batch % processes == 0,
           f'train.batch_size: {batch} is not divisible by the process count {processes}')
-  return settings, Fit(devices, processes, shape, data_parallel, batch, micro, settings.data.seq_len)
+  kv_replicated = settings.model.num_kv_heads % _axes_size(mesh, rules.get('kv_heads')) != 0
+  return settings, Fit(devices, processes, shape, data_parallel, batch, micro, settings.data.seq_len, kv_replicated)

@@ -6,14 +6,15 @@
 
 Prints the parameter count, the model FLOPs per token (pretrain.model.flops), and the memory per device by
 kind, then one JSON line with every figure. Without a --config.mesh.* override it first estimates every
-(data, fsdp, tensor) mesh of N devices (tensor 1, 2, 4 or 8) and suggests the one with the least
-communication that fits the accelerator (without --accelerator: the smallest in pretrain.runtime.accelerators):
-pure data parallel, then fsdp, then tensor.
+(data, fsdp, tensor) mesh of N devices (tensor 1, 2, 4 or 8, dividing the heads and the MLP) and suggests the
+one with the least communication that fits the accelerator (without --accelerator: the smallest in
+pretrain.runtime.accelerators): pure data parallel, then fsdp, then tensor. Where tensor does not divide the
+key/value heads of grouped-query attention, they are replicated over it, and the plan says so.
 
 How: on N fake CPU devices the trainer is built exactly as training builds it and the real train step is
 compiled ahead of time for abstract inputs (no parameter is ever materialised); the compiler's memory analysis
 gives the compiled figures. The parameter, optimizer-state and batch bytes per device are exact, from the
-shard shape of every leaf. Activations are estimated from the architecture (tools/plan_memory.py).
+shard shape of every leaf. Activations are estimated from the architecture (tools/plan/memory.py).
 
 N fake devices need XLA_FLAGS and JAX_PLATFORMS set before jax is imported: main() sets them when jax is not
 imported yet; when it is (a test session, a notebook) with another device count or platform, main() reruns
@@ -21,13 +22,16 @@ imported yet; when it is (a test session, a notebook) with another device count 
 
 Caveat, the CPU compile: the fake devices use the CPU backend's buffer assignment and fusion, not TPU/GPU's.
 Measured on 48 small configs (gpt2-small, bert-base; every remat policy; three meshes of 8): in float32
-the plan is 0.91-1.12x the compiled total. With bfloat16 compute the CPU backend runs matmuls in float32 and
-keeps float32 copies of the bfloat16 activations the scanned layers save for the backward pass, so it compiles
-to more than a TPU or GPU needs: the plan is 0.72-1.00x of it (gpt2-large on 64 devices, fsdp 64: 17.6 GiB
-planned, 21.0 GiB compiled; bert-large, data 64: 5.5 vs 6.3 GiB). Both are printed; the fit table judges
-each. The attention logits are float32 on every backend (jax.nn.dot_product_attention's XLA path): under remat
-dots_saveable they are kept for every layer, most of the activations at sequence length 1024 (unless cuDNN
-flash attention takes over on GPU, which the plan does not assume).
+the plan is 0.91-1.12x the compiled total; llama (grouped-query attention, SwiGLU, an untied head; 7 small
+configs on meshes of 8) 0.97-1.10x, and llama-8b at seq 8192 on 256 devices (fsdp 256, float32) 1.03x. With
+bfloat16 compute the CPU backend runs matmuls in float32 and keeps float32 copies of the bfloat16 activations
+the scanned layers save for the backward pass, so it compiles to more than a TPU or GPU needs: the plan is
+0.72-1.00x of it on the small configs, about 0.7x on large ones (gpt2-large on 64 devices, fsdp 64: 6.0 GiB
+planned, 9.1 GiB compiled; bert-large, data 64: 5.5 vs 7.8 GiB; llama-8b, fsdp 256: 54.1 vs 77.8 GiB). Both
+are printed; the fit table judges each. The attention logits are float32 on every backend
+(jax.nn.dot_product_attention's XLA path): under remat dots_saveable they are kept for every layer, most of the
+activations at sequence length 1024, and at 8192 one layer's logits and their gradients are most of the working
+set (unless cuDNN flash attention takes over on GPU, which the plan does not assume).
 """
 import argparse
 import json
@@ -111,10 +115,11 @@ def _print_candidates(plans, rejected, usable: int) -> None:
   _say(f'   data  fsdp tensor   params  optim  grads  activ   temp   total  ({name} per device, estimated)')
   for p in plans:
     e = p.estimate
-    fits = 'fits' if e.total <= usable else ''
+    notes = ', '.join(n for n, on in (('fits', e.total <= usable), ('kv heads replicated', p.kv_heads_replicated))
+                      if on)
     _say(f'  {p.shape["data"]:5d} {p.shape["fsdp"]:5d} {p.shape["tensor"]:6d}  '
          + ' '.join(f'{x / scale:6.2f}' for x in (e.params, e.optimizer, e.gradients, e.activations,
-                                                    e.temporaries)) + f' {e.total / scale:7.2f}  {fits}')
+                                                    e.temporaries)) + f' {e.total / scale:7.2f}  {notes}')
   for reason in rejected:
     _say(f'  not possible, {reason}')
 
@@ -205,11 +210,16 @@ def run(args: argparse.Namespace) -> dict:
 
   settings = PretrainSettings.from_config(config)
   model_cfg = settings.model
+  kv_heads = f', {model_cfg.num_kv_heads} kv heads' if model_cfg.num_kv_heads != model_cfg.num_heads else ''
   _say(f'plan: {args.config} on {args.devices} devices: {settings.objective}, {presets.describe(model_cfg)}, '
-       f'{model_cfg.num_layers} layers x {model_cfg.hidden_size} ({model_cfg.num_heads} heads, mlp '
-       f'{model_cfg.mlp_dim}, vocab {model_cfg.vocab_size}), seq_len {settings.data.seq_len}, batch '
+       f'{model_cfg.num_layers} layers x {model_cfg.hidden_size} ({model_cfg.num_heads} heads of '
+       f'{model_cfg.head_dim}{kv_heads}, {model_cfg.mlp} mlp {model_cfg.mlp_dim}, vocab {model_cfg.vocab_size}'
+       f'{"" if model_cfg.tie_embeddings else ", untied head"}), seq_len {settings.data.seq_len}, batch '
        f'{settings.train.batch_size}, {model_cfg.dtype}, remat {model_cfg.remat_policy}')
   plan, mesh_source = _choose_plan(args, settings, jax.devices(), target, usable)
+  if plan.kv_heads_replicated:
+    _say(f'kv heads replicated: tensor={plan.shape["tensor"]} does not divide the {model_cfg.num_kv_heads} '
+         'key/value heads, so every tensor device holds all of them (their projections, and those activations)')
   num_params = sum(leaf.size for leaf in jax.tree.leaves(plan.trainer.abstract_state['params']))
   _say(f'parameters: {num_params:,}')
   per_token, per_step = _print_flops(settings)
@@ -226,7 +236,7 @@ def run(args: argparse.Namespace) -> dict:
   figures = {
       'config': args.config, 'overrides': args.overrides, 'devices': args.devices, 'objective': settings.objective,
       'params': num_params, 'flops_per_token': per_token, 'flops_per_step': per_step,
-      'mesh': plan.shape, 'mesh_source': mesh_source,
+      'mesh': plan.shape, 'mesh_source': mesh_source, 'kv_heads_replicated': plan.kv_heads_replicated,
       'bytes_per_device': plan.estimate.as_dict(), 'compiled_bytes_per_device': compiled,
       'fits': fits, 'compile_s': round(compile_s, 2),
   }

@@ -10,7 +10,7 @@ from pretrain.runtime import sharding
 from pretrain.runtime.errors import ConfigError, require
 from pretrain.settings import PretrainSettings, check_batch_split
 from pretrain.trainer import Trainer, make_trainer
-from tools.plan.memory import MemoryEstimate, estimate_memory
+from tools.plan.memory import MemoryEstimate, estimate_memory, kv_heads_replicated
 
 TENSOR_SIZES = (1, 2, 4, 8)
 
@@ -23,6 +23,7 @@ class MeshPlan:
   trainer: Trainer
   batch_abstract: dict
   estimate: MemoryEstimate
+  kv_heads_replicated: bool  # the mesh does not divide model.num_kv_heads: k/v projections whole on each device
 
   @property
   def flags(self) -> str:
@@ -46,7 +47,8 @@ def plan_mesh(settings: PretrainSettings, shape: dict[str, int], devices) -> Mes
     trainer = make_trainer(settings, mesh)
   batch = trainer.abstract_batch
   estimate = estimate_memory(settings, trainer.abstract_state, batch, shape)
-  return MeshPlan(dict(shape), mesh, rules, trainer, batch, estimate)
+  return MeshPlan(dict(shape), mesh, rules, trainer, batch, estimate,
+                  kv_heads_replicated(settings.model, shape, rules))
 
 
 def candidate_shapes(num_devices: int, model_cfg: ModelConfig) -> list[dict[str, int]]:
