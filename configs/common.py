@@ -19,10 +19,17 @@ SIZES = {
     'llama-150m': (16, 768, 12, 2048, 32000, 2048, 2048),
     'llama-1b': (22, 2048, 32, 5632, 32000, 2048, 2048),  # TinyLlama-1.1B
     'llama-8b': (32, 4096, 32, 14336, 128256, 8192, 8192),  # Llama-3-8B
+    # ModernBERT shapes (configs/pretrain_modernbert.py): GeGLU MLPs (mlp_dim is each of its two input layers'
+    # width: Hugging Face's intermediate_size), pretrained at seq 1024, rotary positions up to 8192.
+    'modernbert-base': (22, 768, 12, 1152, 50368, 1024, 8192),
+    'modernbert-large': (28, 1024, 16, 2624, 50368, 1024, 8192),
 }
 LLAMA_SIZES = ('tiny', 'llama-150m', 'llama-1b', 'llama-8b')
+MODERNBERT_SIZES = ('tiny', 'modernbert-base', 'modernbert-large')
+# The sizes pretrain_mlm.py and pretrain_clm.py offer: not the shapes of another config file's architecture.
+GENERIC_SIZES = tuple(s for s in SIZES if s not in LLAMA_SIZES[1:] + MODERNBERT_SIZES[1:])
 # Grouped-query attention (num_kv_heads) and the rotary base of the sizes that differ from the defaults
-# (num_kv_heads = num_heads, rope_theta 10000).
+# (num_kv_heads = num_heads, rope_theta: the preset's, else 10000).
 KV_HEADS = {'llama-150m': 4, 'llama-1b': 4, 'llama-8b': 8}
 ROPE_THETA = {'llama-8b': 500_000.0}
 
@@ -52,10 +59,11 @@ SHARDING_RULES = (
 )
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
+# Local attention (model.local_window, global_every, local_rope_theta): none unless the preset has it (modernbert).
+ARCHITECTURE_DEFAULTS = dict(local_window=0, global_every=1, local_rope_theta=0.0)
 
 
-def parse_size(arg: str | None, default: str = 'tiny', choices=tuple(s for s in SIZES if s not in LLAMA_SIZES[1:])
-               ) -> str:
+def parse_size(arg: str | None, default: str = 'tiny', choices=GENERIC_SIZES) -> str:
   """Accepts '', 'tiny' or 'size=tiny'; returns the size name (one of `choices`) or raises naming them."""
   arg = (arg or '').strip()
   for part in filter(None, arg.split(',')):
@@ -79,6 +87,7 @@ def base_config(size: str, objective: str, preset: str | None = None) -> ml_coll
   `preset` (pretrain/model/presets.py; default: bert for mlm, gpt2 for clm)."""
   layers, hidden, heads, mlp, vocab, seq_len, max_len = SIZES[size]
   is_bert = objective == 'mlm'
+  architecture = presets.preset_fields(preset or OBJECTIVE_PRESETS[objective])  # see ModelConfig
   large = size not in ('tiny',)
   c = ml_collections.ConfigDict()
   c.objective = objective
@@ -87,15 +96,15 @@ def base_config(size: str, objective: str, preset: str | None = None) -> ml_coll
   # and tokenizer replace the model.* shape fields and data.tokenizer; optimizer and data start fresh.
   c.init_checkpoint = ''
 
-  c.model = ml_collections.ConfigDict(dict(
-      **presets.preset_fields(preset or OBJECTIVE_PRESETS[objective]),  # the architecture: see ModelConfig
+  # Fields a preset may leave out take their defaults here, so that any of them can be overridden.
+  c.model = ml_collections.ConfigDict({**ARCHITECTURE_DEFAULTS, **architecture, **dict(
       vocab_size=vocab,
       hidden_size=hidden,
       num_layers=layers,
       num_heads=heads,
       num_kv_heads=KV_HEADS.get(size, 0),  # 0: num_heads; a divisor of it below that (grouped-query attention)
       head_dim=0,  # 0: hidden_size // num_heads
-      rope_theta=ROPE_THETA.get(size, 10_000.0),  # rotary positions only
+      rope_theta=ROPE_THETA.get(size, architecture.get('rope_theta', 10_000.0)),  # rotary positions only
       mlp_dim=mlp,
       max_position_embeddings=max_len,
       dropout_rate=0.1,
@@ -105,7 +114,7 @@ def base_config(size: str, objective: str, preset: str | None = None) -> ml_coll
       # none | full | dots_saveable | dots_with_no_batch_dims. At long sequences the float32 attention scores that
       # dots_saveable keeps for every layer dominate memory (tools.plan): keep only the unbatched matmuls there.
       remat_policy=('dots_saveable' if seq_len < 512 else 'dots_with_no_batch_dims') if large else 'none',
-  ))
+  )})
 
   c.mlm = ml_collections.ConfigDict(dict(
       mask_prob=0.15, mask_token_prob=0.8, random_token_prob=0.1,
@@ -129,7 +138,9 @@ def base_config(size: str, objective: str, preset: str | None = None) -> ml_coll
       learning_rate=1e-3 if size == 'tiny' else (1e-4 if is_bert else 6e-4),
       end_learning_rate_fraction=0.0,
       warmup_steps=60 if size == 'tiny' else 10_000,
-      schedule='linear' if is_bert else 'cosine',  # decay after warmup: linear | cosine | constant
+      schedule='linear' if is_bert else 'cosine',  # decay after warmup: linear | cosine | constant | wsd
+      decay_fraction=0.1,  # wsd (warmup-stable-decay): the last 10% of the steps decay (pretrain/optim.py)
+      decay_shape='1-sqrt',  # wsd: 1-sqrt | linear
       weight_decay=0.01 if is_bert else 0.1,
       b1=0.9,
       b2=0.999 if is_bert else 0.95,

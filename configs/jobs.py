@@ -42,15 +42,19 @@ def microbatches_for(batch_size: int, seq_len: int, devices: int) -> int:
 
 def job_config(size: str, objective: str, arg: str | None, *, devices: int, shard_parameters: bool,
                batch_size: int, steps: int, learning_rate: float, warmup_steps: int,
-               end_learning_rate_fraction: float = 0.0, preset: str | None = None) -> ml_collections.ConfigDict:
+               end_learning_rate_fraction: float = 0.0, preset: str | None = None,
+               config: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigDict:
   """base_config(size) on `prepared:DIR`, with the reference's optimizer schedule, for `devices` devices.
+
+  config: the config to start from instead of base_config(size, objective, preset) (a config file's
+  get_config(size), with what that file changes: configs/modernbert_base_wiki.py).
 
   shard_parameters: the mesh is fsdp over all devices (parameters and optimizer state split, for models whose
   replicated training state would crowd a device); else data-parallel over all devices, parameters replicated.
   The schedule (linear for mlm, cosine for clm), AdamW betas, weight decay and bfloat16 stay as base_config sets
   them for the objective; remat as base_config sets it (dots_saveable below seq 512, dots_with_no_batch_dims from it).
   """
-  c = common.base_config(size, objective, preset)
+  c = config if config is not None else common.base_config(size, objective, preset)
   c.data.source = f'prepared:{data_dir(arg, c.data.seq_len)}'
   c.train.batch_size = batch_size
   c.train.steps = steps

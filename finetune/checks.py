@@ -5,6 +5,7 @@ path with no checkpoint, a vocabulary or length the checkpoint's model cannot ho
 """
 import dataclasses
 
+from finetune import defaults
 from finetune.data import GLUE_DIR_SCHEME, glue_dir
 from finetune.tasks import TASKS, Task
 from pretrain.data.tokenizers import tokenizer_from_meta
@@ -48,6 +49,8 @@ def validate(config) -> Task:
     require(config.train[key] > 0, f'train.{key}: must be positive, got {config.train[key]}')
   require(0 <= config.train.warmup_fraction <= 1,
           f'train.warmup_fraction: must be in [0, 1], got {config.train.warmup_fraction}')
+  require(config.train.learning_rate >= 0, f'train.learning_rate: must be positive, or 0 for the default of the '
+          f"checkpoint's width (finetune/defaults.py), got {config.train.learning_rate}")
   require(config.train.max_train_examples >= 0,
           f'train.max_train_examples: must be >= 0, got {config.train.max_train_examples}')
   optimizer_settings(config.train, total_steps=1)  # validates the schedule and optimizer fields
@@ -60,10 +63,12 @@ def validate(config) -> Task:
   return task
 
 
-def optimizer_settings(train_cfg, total_steps: int) -> OptimizerSettings:
-  """The optimizer of config.train, with steps and warmup from the epoch count (validated)."""
+def optimizer_settings(train_cfg, total_steps: int, hidden_size: int | None = None) -> OptimizerSettings:
+  """The optimizer of config.train, with steps and warmup from the epoch count and the learning rate resolved
+  for an encoder of `hidden_size` (finetune/defaults.py: train.learning_rate 0 is auto; validated)."""
   return OptimizerSettings.pick(train_cfg, steps=total_steps,
-                                warmup_steps=round(train_cfg.warmup_fraction * total_steps))
+                                warmup_steps=round(train_cfg.warmup_fraction * total_steps),
+                                learning_rate=defaults.learning_rate(train_cfg.learning_rate, hidden_size))
 
 
 def load_pretrained(config) -> Pretrained:

@@ -18,7 +18,7 @@ from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from finetune import checks, features, loop, outputs
+from finetune import checks, defaults, features, loop, outputs
 from finetune import data as data_lib
 from finetune import metrics as metrics_lib
 from finetune.steps import make_steps
@@ -79,8 +79,14 @@ def _compile(config, pretrained: checks.Pretrained, task: Task, mesh, rules, opt
   graphdef, param_shardings, state_shardings = layout.graphdef, layout.param_shardings, layout.state_shardings
   state = layout.init()
   if not config.from_scratch:  # the fresh Adam moments are zeros either way
-    target = {'encoder': layout.abstract_state['params']['encoder']}
-    state['params']['encoder'] = checkpoint_lib.restore_params(pretrained.checkpoint, target)['encoder']
+    abstract = layout.abstract_state['params']
+    target = {'encoder': abstract['encoder']}
+    if 'pooled_transform' in abstract:  # modernbert: the classifier's transform starts as the MLM head's
+      target['mlm_head'] = abstract['pooled_transform']
+    restored = checkpoint_lib.restore_params(pretrained.checkpoint, target)
+    state['params']['encoder'] = restored['encoder']
+    if 'mlm_head' in restored:
+      state['params']['pooled_transform'] = restored['mlm_head']
     logging.info('restored the encoder from %s', pretrained.checkpoint)
 
   rows_2d = sharding.batch_sharding(mesh, rules)
@@ -136,7 +142,9 @@ def _run(config, workdir: str, preemption: PreemptionWatch) -> dict:
   batch_size = config.train.batch_size
   steps_per_epoch = -(-num_train // batch_size)
   total_steps = config.train.epochs * steps_per_epoch
-  optimizer_settings = checks.optimizer_settings(config.train, total_steps)
+  hidden_size = pretrained.model_cfg.hidden_size  # train.learning_rate 0: the rate for this width (defaults.py)
+  optimizer_settings = checks.optimizer_settings(config.train, total_steps, hidden_size)
+  logging.info('learning rate %s', defaults.describe(config.train.learning_rate, hidden_size))
   optimizer, schedule = optim.make_optimizer(optimizer_settings), optim.learning_rate_schedule(optimizer_settings)
 
   with sharding.use_mesh_and_rules(mesh, rules):
@@ -189,6 +197,7 @@ def _run(config, workdir: str, preemption: PreemptionWatch) -> dict:
              'epochs': epochs.history, 'majority_baseline': majority_baseline(task, task_data), 'seed': config.seed,
              'init_checkpoint': None if config.from_scratch else pretrained.checkpoint,
              'checkpoint': checkpoint_dir and str(checkpoint_dir), 'num_train_examples': num_train,
+             'learning_rate': optimizer_settings.learning_rate,
              'padded_length': length, 'train_seconds': round(epochs.seconds, 1), 'skipped_steps': epochs.skipped_steps,
              'preempted': epochs.preempted, 'stopped_at_step': epochs.step, 'total_steps': total_steps}
   if is_main:

@@ -43,6 +43,8 @@ class TrainSettings:
   keep_checkpoints: int
   stop_at_step: int  # > 0: checkpoint and exit at this step (a time-limited job)
   max_nonfinite_steps: int  # this many skipped (non-finite) steps in a row stop the job
+  decay_fraction: float = 0.1  # schedule wsd: the share of the steps its decay takes (pretrain.optim)
+  decay_shape: str = '1-sqrt'  # schedule wsd: the decay's shape, optim.DECAY_SHAPES
 
   def __post_init__(self):
     require(self.batch_size > 0, f'train.batch_size: must be positive, got {self.batch_size}')
@@ -132,10 +134,12 @@ class PretrainSettings:
 
 
 def _section(config, name: str, cls) -> dict:
-  """config.<name> as keyword arguments of cls; a missing field is an error naming it."""
+  """config.<name> as keyword arguments of cls; a missing field without a default is an error naming it."""
   section = config[name]
   values = {}
   for field in dataclasses.fields(cls):
+    if field.name not in section and field.default is not dataclasses.MISSING:
+      continue
     require(field.name in section, f'{name}.{field.name}: missing from the config')
     values[field.name] = section[field.name]
   return values

@@ -75,12 +75,20 @@ def checkpoints(tmp_path_factory, shared_cache) -> CheckpointFactory:
 # fast test that covers the same README claim (tests/README.md has the whole map).
 SLOW = {
     'test_train.py::test_pretraining_learns_and_leaves_a_checkpoint_that_restores[llama]': '[mlm]',
-    'test_train.py::test_the_llama_command_trains': 'test_llama_model (all); test_pretraining_learns_...[mlm]',
+    'test_train.py::test_the_command_trains_the_tiny_model': 'test_llama_model, test_modernbert_model (all); '
+                                                             'test_pretraining_learns_...[mlm]',
     'test_sharding.py::test_sharded_training_equals_one_device[llama-data+fsdp+tensor]': '[llama-tensor]',
     'test_llama_conversion.py::test_finetuned_llama_exports_as_sequence_classification[stsb]': '[sst2]',
     'test_plan.py::test_planned_activations_per_layer_are_near_the_compiled_steps_for_llama[none]':
         '[dots_with_no_batch_dims]',
     'test_plan.py::test_llama_plan_says_when_the_kv_heads_are_replicated[2]': '[1]',
+    'test_plan.py::test_planned_activations_per_layer_are_near_the_compiled_steps_for_modernbert':
+        'test_planned_activations_..._for_llama[dots_with_no_batch_dims]',
+    'test_plan.py::test_modernbert_plan_names_its_mlp': 'test_llama_plan_says_when_the_kv_heads_are_replicated[1]',
+    'test_flops.py::test_flops_agree_with_xla_cost_analysis_of_the_compiled_step[modernbert]': '[mlm]',
+    'test_modernbert_conversion.py::test_finetuned_modernbert_exports_as_sequence_classification[cls]': '[mean]',
+    'test_modernbert_conversion.py::test_export_of_our_pretrained_modernbert': 'test_round_trips_give_back_...',
+    'test_modernbert_finetune.py::test_the_pooled_transform_starts': 'test_modernbert_model: the classifier ...',
     'test_kill_resume.py::test_ten_random_sigkills': 'test_two_random_sigkills_...',
     'test_finetune.py::test_glue_script_runs_every_task': 'test_glue_script_on_two_tasks_...',
     'test_finetune.py::test_a_gpt2_step_dir_from_scratch': 'test_model: pooling; test_pre_redesign: fine-tunes',

@@ -1,5 +1,5 @@
 """Shared by the conversion tests: the parity tolerance, logits from either side, and tiny trained transformers
-models (BERT with a WordPiece vocabulary, GPT-2 and Llama with byte-level BPE ones) saved as Hugging Face
+models (BERT with a WordPiece vocabulary, GPT-2, Llama and ModernBERT with byte-level BPE ones) saved as Hugging Face
 directories."""
 import json
 import pathlib
@@ -19,7 +19,9 @@ from tests.checkpoint_fixtures import TRAINED
 # classifiers <= 3e-8 (logits up to 1). That is near the float32 noise floor: on that text ours and transformers'
 # float32 run are both ~2e-5 from transformers in float64 (the trained residual stream reaches |x| ~ 4000), and a
 # tied variant with head_dim 32 and rope_theta 5e5 measured 2.3e-5 against transformers in float32 (ours 6.4e-6 and
-# transformers' float32 1.6e-5 from its float64 run).
+# transformers' float32 1.6e-5 from its float64 run). ModernBERT (test_modernbert_conversion.py, sequences longer
+# than the local window, padded and packed): import 2.4e-6 to 2.9e-6, export of ours 2.4e-6 to 3.3e-6, classifiers
+# <= 1.5e-7 (logits up to 0.6).
 TOLERANCE = 1e-5
 TEXTS = ['def f(x):\n    return x * 2  # double it', 'Héllo wörld ✓ 漢字 and\ttabs', 'The quick brown fox.']
 HF_CLASSES = {'mlm': transformers.BertForMaskedLM, 'clm': transformers.GPT2LMHeadModel}
@@ -118,6 +120,71 @@ def llama_dir(path: pathlib.Path, train_steps: int, **config) -> pathlib.Path:
   _train(model, bpe.get_vocab_size(), train_steps, token_types=False, text_ids=bpe.encode(corpus).ids)
   model.save_pretrained(path)
   return path
+
+
+MODERNBERT_SPECIALS = ('[UNK]', '[CLS]', '[SEP]', '[PAD]', '[MASK]')  # after the BPE vocabulary, as ModernBERT's
+
+
+def modernbert_dir(path: pathlib.Path, train_steps: int, learning_rate: float = 1e-2, **config) -> pathlib.Path:
+  """A ModernBERT directory as transformers saves it: config.json, model.safetensors (no decoder.weight: tied),
+  and a byte-level BPE tokenizer.json whose special tokens follow the vocabulary ([MASK] strips the space before
+  it) and whose post-processor wraps [CLS] a [SEP]. 4 layers, global every 3rd (0 and 3 global, 1 and 2 local) with
+  a 16-token local window, the released model's rotary bases (global 160000, local 10000), a model vocabulary
+  padded past the tokenizer's (as ModernBERT's 50368 > 50285); trained `train_steps` AdamW steps of masked LM on
+  Python source, 32-token windows (longer than the local window)."""
+  import tokenizers  # pylint: disable=import-outside-toplevel
+  bpe = tokenizers.Tokenizer(tokenizers.models.BPE())
+  bpe.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+  bpe.decoder = tokenizers.decoders.ByteLevel()
+  trainer = tokenizers.trainers.BpeTrainer(vocab_size=400,
+                                           initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
+  corpus = stdlib_text()
+  bpe.train_from_iterator([corpus] + TEXTS, trainer)
+  bpe.add_special_tokens([tokenizers.AddedToken(t, special=True, normalized=False, lstrip=t == '[MASK]')
+                          for t in MODERNBERT_SPECIALS])
+  unk, cls, sep, pad, mask = (bpe.token_to_id(t) for t in MODERNBERT_SPECIALS)
+  bpe.post_processor = tokenizers.processors.TemplateProcessing(
+      single='[CLS] $A [SEP]', pair='[CLS] $A [SEP] $B [SEP]', special_tokens=[('[CLS]', cls), ('[SEP]', sep)])
+  transformers.PreTrainedTokenizerFast(
+      tokenizer_object=bpe, unk_token='[UNK]', cls_token='[CLS]', sep_token='[SEP]', pad_token='[PAD]',
+      mask_token='[MASK]', model_input_names=['input_ids', 'attention_mask']).save_pretrained(path)
+  vocab_size = -(-bpe.get_vocab_size() // 64) * 64
+  config = transformers.ModernBertConfig(**{**dict(
+      vocab_size=vocab_size, hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
+      max_position_embeddings=256, local_attention=32, global_attn_every_n_layers=3, pad_token_id=pad,
+      bos_token_id=cls, eos_token_id=sep, cls_token_id=cls, sep_token_id=sep, classifier_pooling='mean'), **config})
+  torch.manual_seed(0)
+  model = transformers.ModernBertForMaskedLM(config)
+  threads = torch.get_num_threads()
+  torch.set_num_threads(1)  # as _train: tiny matrices
+  try:
+    _mlm_steps(model, train_steps, learning_rate, 2 * config.local_attention,
+               bpe.encode(corpus, add_special_tokens=False).ids, (mask, cls, sep))
+  finally:
+    torch.set_num_threads(threads)
+  model.eval()
+  model.save_pretrained(path)
+  return path
+
+
+def _mlm_steps(model, steps: int, learning_rate: float, length: int, text_ids: list[int],
+               mask_cls_sep: tuple[int, int, int]) -> None:
+  """Masked-LM AdamW steps on [CLS] window [SEP] rows (`length` tokens) of text_ids: 30% of the tokens masked and
+  predicted."""
+  mask_id, cls_id, sep_id = mask_cls_sep
+  optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
+  generator = torch.Generator().manual_seed(1)
+  text = torch.tensor(text_ids)
+  for _ in range(steps):
+    starts = torch.randint(0, len(text) - length, (4, 1), generator=generator)
+    ids = torch.cat([torch.full((4, 1), cls_id), text[starts + torch.arange(length - 2)],
+                     torch.full((4, 1), sep_id)], 1)
+    masked = torch.rand(ids.shape, generator=generator) < 0.3
+    masked[:, [0, -1]] = False
+    loss = model(torch.where(masked, mask_id, ids), labels=torch.where(masked, ids, -100)).loss
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
 
 
 def stdlib_text() -> str:

@@ -183,7 +183,7 @@ def _edited_checkpoint(checkpoint, tmp_path, **model_fields):
     (lambda c, ck, g, t: setattr(c.data, 'max_length', 512), r"data\.max_length: 512 exceeds the checkpoint's"),
     (lambda c, ck, g, t: setattr(c.train, 'epochs', 0), r'train\.epochs: must be positive'),
     (lambda c, ck, g, t: setattr(c.train, 'max_nonfinite_steps', 0), r'train\.max_nonfinite_steps: must be positive'),
-    (lambda c, ck, g, t: setattr(c, 'pooling', 'max'), r"pooling: 'max' is not one of \('auto', 'mean'\)"),
+    (lambda c, ck, g, t: setattr(c, 'pooling', 'max'), r"pooling: 'max' is not one of \('auto', 'mean', 'cls'\)"),
     (lambda c, ck, g, t: setattr(c.train, 'schedule', 'step'), r"train\.schedule: 'step' is not one of"),
     (lambda c, ck, g, t: setattr(c.train, 'batch_size', 12), r'train\.batch_size: 12 is not divisible by the '
      r'data-parallel size 8'),
@@ -236,3 +236,46 @@ def test_glue_script_bad_input_exits_2_before_training(checkpoint, glue, tmp_pat
   assert result.returncode == 2, result.stderr[-2000:]
   assert line in result.stderr.strip().splitlines()[-1] and 'Traceback' not in result.stderr
   assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize('hidden_size,configured,expected', [
+    (768, 0.0, 2e-5),  # bert-base keeps the paper's rate
+    (1024, 0.0, 2e-5),  # bert-large too
+    (384, 0.0, 8e-5),  # all-MiniLM-L6-v2's width
+    (256, 0.0, 1.8e-4),  # configs/pretrain_mlm.py:size=tiny
+    (64, 0.0, 1e-3),  # the tests' tiny models: capped
+    (256, 3e-5, 3e-5),  # an explicit learning rate wins
+    (768, 1e-3, 1e-3),
+])
+def test_the_default_learning_rate_follows_the_checkpoints_width(hidden_size, configured, expected):
+  from finetune import checks, defaults  # pylint: disable=import-outside-toplevel
+  config = finetune_glue.get_config('task=sst2')
+  assert config.train.learning_rate == 0.0  # auto is the default
+  config.train.learning_rate = configured
+  settings = checks.optimizer_settings(config.train, total_steps=10, hidden_size=hidden_size)
+  assert settings.learning_rate == pytest.approx(expected)
+  assert defaults.learning_rate(configured, hidden_size) == pytest.approx(expected)
+  assert checks.optimizer_settings(config.train, total_steps=10).learning_rate == pytest.approx(configured or 2e-5)
+
+
+def test_a_run_uses_the_auto_learning_rate_and_records_it(checkpoint, glue, tmp_path, caplog):
+  from finetune import defaults  # pylint: disable=import-outside-toplevel
+  config = _small(log_every=1, warmup_fraction=0.0)
+  config.init_checkpoint, config.data.source = str(checkpoint), f'glue_dir:{glue}'
+  hidden = train.checks.load_pretrained(config).model_cfg.hidden_size
+  want = defaults.auto_learning_rate(hidden)
+  assert want != 2e-5
+  with caplog.at_level('INFO'):
+    results = train.run(config, str(tmp_path / 'run'))
+  assert results['learning_rate'] == pytest.approx(want)
+  assert json.loads((tmp_path / 'run' / 'results.json').read_text())['learning_rate'] == pytest.approx(want)
+  logged = [json.loads(line) for line in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
+  assert [r['learning_rate'] for r in logged if 'learning_rate' in r][0] == pytest.approx(want)  # no warmup
+  assert f'learning rate {want:.3g} (auto: hidden size {hidden})' in caplog.text
+
+
+def test_a_negative_learning_rate_is_rejected_naming_the_auto_default(monkeypatch, checkpoint, glue, tmp_path):
+  config = _small(learning_rate=-2e-5)
+  config.init_checkpoint, config.data.source = str(checkpoint), f'glue_dir:{glue}'
+  _fails_before_compiling(monkeypatch, config, tmp_path / 'run', r'train\.learning_rate: must be positive, or 0 '
+                          r"for the default of the checkpoint's width")

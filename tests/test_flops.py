@@ -69,15 +69,38 @@ def test_llama_flops_per_token_match_a_hand_count_and_the_models_weights():
   assert params == 2 * (43008 + 2 * 64) + 64 + 2 * 512 * 64
 
 
+def test_modernbert_flops_per_token_match_a_hand_count_and_the_models_weights():
+  # tiny_model_config('modernbert'): 2 layers, d=64, GeGLU f=128, V=512, 4 heads of 16; seq_len T=32.
+  # Projections per layer: q, k, v, out 4*64*64 = 16384 weights, GeGLU gate, up and down 3*64*128 = 24576:
+  #   40960 weights; forward 2 * 2 layers * 40960 = 163840.
+  # Bidirectional attention over all T keys, in the local layer too (the dense kernel computes every score, the
+  #   window only masks them): 4 * 64 * 32 * 2 layers = 16384.
+  # MLM at mask_prob 0.3: K = round(32 * 0.3) = 10 slots per sequence pass the head's dense layer (64*64) and the
+  #   tied output layer (64*512): 2 * (4096 + 32768) * 10 / 32 = 23040.
+  # forward 163840 + 16384 + 23040 = 203264; training x3 = 609792.
+  config = tiny_config('modernbert')
+  modernbert = ModelConfig.from_config(config.model)
+  assert presets.preset_of(modernbert) == 'modernbert' and modernbert.mlp == 'geglu'
+  assert flops.forward_flops_breakdown(modernbert, 32, predicted_per_sequence=10) == {
+      'projections': 163840, 'attention': 16384, 'head': 23040}
+  assert trainer.flops_per_token(PretrainSettings.from_config(config)) == 609792
+  # The weights counted are the model's. Besides them: per layer two LayerNorm scales (no biases; layer 0's
+  # attention norm is stacked with the others but unused), the embedding (V d), its norm and the final norm, the
+  # head's dense layer (d^2, no bias) and norm, and the output bias (V).
+  model = nnx.eval_shape(lambda: LanguageModel(modernbert, nnx.Rngs(0)))
+  params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  assert params == 2 * (40960 + 2 * 64) + 512 * 64 + 2 * 64 + 64 * 64 + 64 + 512
+
+
 def _one_layer_config(kind: str):
   if kind == 'llama':  # grouped-query attention (2 kv heads), heads of 96 (n h = 384 != d), SwiGLU
     return llama_config(num_layers=1, hidden_size=256, num_kv_heads=2, head_dim=96, mlp_dim=768)
-  config = tiny_config(kind)
+  config = tiny_config(kind)  # modernbert: its one layer global (a local one computes the same dense scores)
   config.model.num_layers, config.model.hidden_size, config.model.mlp_dim = 1, 256, 1024
   return config
 
 
-@pytest.mark.parametrize('kind', ['mlm', 'clm', 'llama'])
+@pytest.mark.parametrize('kind', ['mlm', 'clm', 'llama', 'modernbert'])
 def test_flops_agree_with_xla_cost_analysis_of_the_compiled_step(kind):
   """XLA counts every op of the compiled step on one device (it is reliable on CPU), but a scanned layer's
   body only once whatever the trip count, so the model has one layer; and it counts the dense attention a

@@ -18,7 +18,7 @@ from tools.launch import cli as launch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 JOB_CONFIGS = ('bert_base_wiki', 'bert_large_wiki', 'gpt2_small_wiki', 'gpt2_medium_wiki', 'gpt2_large_wiki',
-               'decoder_1b_wiki', 'llama_1b_wiki')
+               'decoder_1b_wiki', 'llama_1b_wiki', 'modernbert_base_wiki')
 CONFIGS = ROOT / 'configs'
 TPU = ['tpu', '--config', f'{CONFIGS}/bert_large_wiki.py:data=/shared/wiki-128', '--workdir', '/shared/runs/x',
        '--tpu', 'my-tpu', '--zone', 'us-central2-b', '--accelerator_type', 'v4-32']

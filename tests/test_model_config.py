@@ -35,6 +35,29 @@ def test_the_config_files_fill_in_their_preset_and_the_hf_class_follows_the_fiel
       'type_vocab_size=2 (gpt2: 0)']
 
 
+def test_the_modernbert_config_keeps_its_presets_rotary_bases_and_a_checkpoint_fixes_its_local_layers():
+  from configs import common, pretrain_llama, pretrain_modernbert  # pylint: disable=import-outside-toplevel
+  # base_config fills rope_theta from the preset (modernbert: 160000 for the global layers) unless the size sets
+  # one (llama-8b: 500000); before, the preset's value was overwritten with 10000, or raised a duplicate keyword.
+  for size in common.MODERNBERT_SIZES:
+    model = ModelConfig.from_config(pretrain_modernbert.get_config(size).model)
+    assert presets.preset_of(model) == 'modernbert', (size, presets.describe(model))
+    assert (model.rope_theta, model.local_rope_theta, model.global_every, model.mlp) == (160000, 10000, 3, 'geglu')
+    assert model.local_window == (64 if size == 'tiny' else 128)
+  assert pretrain_llama.get_config('llama-8b').model.rope_theta == 500_000
+  assert pretrain_llama.get_config('tiny').model.rope_theta == 10_000
+  base = ModelConfig.from_config(pretrain_modernbert.get_config('modernbert-base').model)
+  assert (base.num_layers, base.hidden_size, base.num_heads, base.mlp_dim, base.vocab_size) == (22, 768, 12, 1152,
+                                                                                                50368)
+  assert not base.first_attention_norm and base.max_position_embeddings == 8192
+  # The local layers are architecture: a resume with another window or rotary base is refused.
+  meta = {'config': json.loads(PretrainSettings.from_config(tiny_config('modernbert')).to_json())}
+  for field, value in (('local_window', 32), ('global_every', 2), ('local_rope_theta', 5e5),
+                       ('first_attention_norm', True)):
+    with pytest.raises(ConfigError, match=rf'^model\.{field}: .* differs from .* in the checkpoint at ckpt'):
+      check_resumable(PretrainSettings.from_config(tiny_config('modernbert', **{field: value})), meta, 'ckpt')
+
+
 def test_a_pre_ln_mlm_encoder_is_allowed_and_a_causal_mlm_is_an_error_naming_the_field(tmp_path):
   config = tiny_config('mlm')
   config.model.update(norm_position='pre', embedding_norm=False, final_norm=True)

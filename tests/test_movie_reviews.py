@@ -1,5 +1,6 @@
 """tools/movie_reviews_to_glue.py on a fake VADER archive: split and label rules, GLUE layout, source forms, errors."""
 import io
+import json
 import pathlib
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import pytest
 
 from finetune import data
 from finetune.tasks import TASKS
+from pretrain.data import sources
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TOOL = 'tools/movie_reviews_to_glue.py'
@@ -116,13 +118,16 @@ def test_unlabeled_text_is_train_only(built):
   text = (out / 'movie_reviews_train.txt').read_text(encoding='utf-8')
   assert text.split('\n')[:-1] == [s for s, _ in expected('train')]
   assert CLEAN[102] in text and 'Movie 10 ' not in text and 'Movie 1 ' not in text
+  # the JSONL twin: one pretraining document per sentence, as pretrain.data.sources reads it
+  documents = list(sources.read_documents(f'jsonl:{out / "movie_reviews_train.jsonl"}'))
+  assert documents == [s for s, _ in expected('train')]
 
 
 def test_source_forms_agree(built):
   files = {form: {p.relative_to(out): p.read_bytes() for p in out.rglob('*') if p.is_file()}
            for form, (out, _) in built.items()}
   assert sorted(map(str, files['sdist'])) == ['SST-2/dev.tsv', 'SST-2/test.tsv', 'SST-2/test_labels.tsv',
-                                              'SST-2/train.tsv', 'movie_reviews_train.txt']
+                                              'SST-2/train.tsv', 'movie_reviews_train.jsonl', 'movie_reviews_train.txt']
   assert files['sdist'] == files['inner'] == files['txt']
 
 
@@ -182,3 +187,32 @@ def test_malformed_line(tmp_path, bad, form):
   names = [str(source), MEMBER] if form == 'sdist' else [str(source)]
   check_error(run(source, tmp_path / 'out'), *names, line)
   assert not (tmp_path / 'out').exists()
+
+
+def demo_summary_code():
+  """The Python the demo script runs last (its summary), cut out of scripts/movie_review_demo.sh."""
+  script = (REPO / 'scripts' / 'movie_review_demo.sh').read_text()
+  start = script.index("<<'PY'\n") + len("<<'PY'\n")
+  return script[start:script.index('\nPY\n', start)]
+
+
+def test_demo_summary_prints_mean_spread_and_gain(tmp_path):
+  for name, values in (('pretrained', [78.0, 80.0, 79.0]), ('from_scratch', [75.5, 74.5, 75.0])):
+    (tmp_path / name).mkdir()
+    mean, std = sum(values) / 3, (sum((v - sum(values) / 3) ** 2 for v in values) / 3) ** 0.5
+    (tmp_path / name / 'glue_results.json').write_text(json.dumps(
+        {'tasks': {'sst2': {'dev/accuracy': {'mean': mean, 'std': std, 'values': values}}}}))
+  seed_dir = tmp_path / 'pretrained' / 'sst2' / 'seed_0'
+  seed_dir.mkdir(parents=True)
+  seed_dir.joinpath('results.json').write_text(json.dumps(
+      {'majority_baseline': {'dev': {'accuracy': 0.506}}, 'learning_rate': 1.8e-4, 'num_train_examples': 8457}))
+  result = subprocess.run([sys.executable, '-', str(tmp_path)], input=demo_summary_code(), capture_output=True,
+                          text=True, timeout=60)
+  assert result.returncode == 0, result.stderr
+  lines = result.stdout.splitlines()
+  assert lines[0].startswith('tiny bert, pretrained') and ' 79.0 ± 0.8 ' in lines[0]
+  assert 'min 78.0, max 80.0; 3 seeds: 78.0, 80.0, 79.0' in lines[0]
+  assert lines[1].startswith('same model, no pretraining') and ' 75.0 ± 0.4 ' in lines[1]
+  assert lines[2].startswith('pretraining gains') and '+4.0 points' in lines[2]
+  assert lines[3].startswith('majority class') and ' 50.6 ' in lines[3] and 'learning rate 0.00018' in lines[3]
+  assert len(lines) == 4  # no MiniLM run in this OUT

@@ -40,7 +40,16 @@ def check_masked_lm(loaded: model_load.LoadedCheckpoint) -> None:
 
 
 def token_ids(tokenizer, text: str) -> tuple[list[int], list[int]]:
-  """([cls] + the pieces between the [MASK]s joined by mask_id + [sep], the positions of the masks)."""
+  """([cls] + the pieces between the [MASK]s joined by mask_id + [sep], the positions of the masks).
+
+  A tokenizer that reads its mask token in text (a Hugging Face tokenizer.json's added token) encodes the whole
+  text instead, as transformers' fill-mask pipeline does: ModernBERT's [MASK] takes the space before it."""
+  mask_piece = tokenizer.id_to_piece(tokenizer.mask_id)
+  if tokenizer.encode(mask_piece) == [tokenizer.mask_id]:
+    ids = [tokenizer.cls_id, *tokenizer.encode(text.replace(MASK_TEXT, mask_piece)), tokenizer.sep_id]
+    positions = [i for i, t in enumerate(ids) if t == tokenizer.mask_id]
+    if len(positions) == text.count(MASK_TEXT):
+      return ids, positions
   ids, positions = [tokenizer.cls_id], []
   for i, part in enumerate(text.split(MASK_TEXT)):
     if i:

@@ -14,8 +14,11 @@ Writes, overwriting earlier runs (each file via a temp name and os.replace):
   DIR/SST-2/train.tsv, dev.tsv     `sentence<TAB>label`, as GLUE's SST-2 files
   DIR/SST-2/test.tsv               `index<TAB>sentence` (GLUE test layout, labels hidden, index 0..n-1)
   DIR/SST-2/test_labels.tsv        `index<TAB>label`, to score test predictions yourself
-  DIR/movie_reviews_train.txt      train sentences only, one per line, unlabeled (for domain pretraining
-                                   with --config.data.source=text:DIR/movie_reviews_train.txt)
+  DIR/movie_reviews_train.txt      train sentences only, one per line, unlabeled (text:GLOB reads the whole
+                                   file as one document)
+  DIR/movie_reviews_train.jsonl    the same sentences as JSON lines {"text": ...}: one document per sentence
+                                   with --config.data.source=jsonl:DIR/movie_reviews_train.jsonl, so each is
+                                   pretrained as `[CLS] sentence [SEP]`, the form fine-tuning reads
 Sentences are stripped; tabs and line breaks inside them become spaces. Exit status 2 on bad input.
 """
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import math
 import os
 import sys
@@ -148,6 +152,8 @@ def write_outputs(rows: list[tuple[int, float, str]], out: str) -> dict[str, lis
   write_atomic(os.path.join(sst2, 'test_labels.tsv'),
                ['index\tlabel'] + [f'{i}\t{y}' for i, (_, y) in enumerate(test)])
   write_atomic(os.path.join(out, 'movie_reviews_train.txt'), [t for t, _ in splits['train']])
+  write_atomic(os.path.join(out, 'movie_reviews_train.jsonl'),
+               [json.dumps({'text': t}, ensure_ascii=False) for t, _ in splits['train']])
   return splits
 
 
@@ -177,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     n, pos = len(splits[s]), sum(y for _, y in splits[s])
     print(f'{s}: {n} sentences, {pos} positive ({pos / max(n, 1):.1%})')
   print(f'dropped {zeros} zero-rated sentences; wrote {os.path.join(args.out, "SST-2")} and '
-        f'{os.path.join(args.out, "movie_reviews_train.txt")}')
+        f'{os.path.join(args.out, "movie_reviews_train")}.txt, .jsonl')
   return 0
 
 

@@ -1,6 +1,6 @@
 """The model's frozen settings: the architecture as independent fields, built once from a config's `model` section
-and validated; layers never see the ConfigDict. Named architectures (bert, gpt2) are presets of these fields
-(pretrain/model/presets.py); the objective does not imply any of them.
+and validated; layers never see the ConfigDict. Named architectures (bert, gpt2, llama, modernbert) are presets of
+these fields (pretrain/model/presets.py); the objective does not imply any of them.
 
 Every field has a role (its metadata), and the lists other modules need come from the roles alone:
   architecture  parameter shapes and numerics: fixed by a checkpoint (a resume must match them; init_checkpoint
@@ -21,9 +21,9 @@ NORMS = ('layernorm', 'rmsnorm')  # rmsnorm: x / rms(x) * scale, no mean, no bia
 NORM_POSITIONS = ('pre', 'post')  # pre: x + f(norm(x)) (gpt2); post: norm(x + f(x)) (bert)
 POSITIONS = ('learned', 'rotary')  # learned absolute embeddings, or rotary on q and k (rotate-half, rope_theta)
 # gelu, gelu_tanh: dense -> activation -> dense with exact (erf) GELU or its tanh approximation;
-# swiglu: down(silu(gate(x)) * up(x)) (llama)
-MLPS = ('gelu', 'gelu_tanh', 'swiglu')
-GATED_MLPS = ('swiglu',)
+# swiglu: down(silu(gate(x)) * up(x)) (llama); geglu: down(gelu(gate(x)) * up(x)), exact GELU (modernbert)
+MLPS = ('gelu', 'gelu_tanh', 'swiglu', 'geglu')
+GATED_MLPS = ('swiglu', 'geglu')
 REMAT_POLICIES = ('none', 'full', 'dots_saveable', 'dots_with_no_batch_dims')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 ROLES = ('architecture', 'runtime', 'init', 'objective')
@@ -53,10 +53,18 @@ class ModelConfig:
   norm_position: str = _field('architecture')  # NORM_POSITIONS
   layer_norm_eps: float = _field('architecture')
   positions: str = _field('architecture')  # POSITIONS
-  rope_theta: float = _field('architecture', 10000.0)  # the rotary base (positions 'rotary' only)
+  rope_theta: float = _field('architecture', 10000.0)  # the rotary base (positions 'rotary' only; global layers)
+  # Local attention (modernbert): with local_window > 0, layer l is global when l % global_every == 0 and local
+  # otherwise; a local layer's token sees the tokens of its document within local_window // 2 positions either
+  # side (ModernBERT's local_attention), with rotary base local_rope_theta (0: rope_theta).
+  local_window: int = _field('architecture', 0)
+  global_every: int = _field('architecture', 1)
+  local_rope_theta: float = _field('architecture', 0.0)
   mlp: str = _field('architecture')  # MLPS
   use_bias: bool = _field('architecture')  # biases of the dense layers and norms
   embedding_norm: bool = _field('architecture')  # a norm right after the embeddings (bert)
+  # false: layer 0 has no attention norm (modernbert, pre-norm: the embedding norm precedes it)
+  first_attention_norm: bool = _field('architecture', True)
   final_norm: bool = _field('architecture')  # a norm after the last block (pre-norm models)
   pooler: bool = _field('architecture')  # tanh(dense(hidden of the first token)): bert's sentence vector
   head_transform: bool = _field('architecture')  # dense -> activation -> norm before the output layer (bert)
@@ -87,6 +95,16 @@ class ModelConfig:
     return self.num_heads // self.num_kv_heads
 
   @property
+  def has_local_layers(self) -> bool:
+    return self.local_window > 0 and self.global_every > 1
+
+  def layer_rope_theta(self, is_global) -> jax.Array | float:
+    """The rotary base of a layer (is_global: a traced bool inside the layer scan)."""
+    if not self.has_local_layers:
+      return self.rope_theta
+    return jnp.where(is_global, self.rope_theta, self.local_rope_theta or self.rope_theta)
+
+  @property
   def compute_dtype(self):
     return DTYPES[self.dtype]
 
@@ -114,6 +132,14 @@ class ModelConfig:
     require(self.head_dim % 2 == 0 or self.positions != 'rotary',
             f'model.head_dim: rotary positions need an even head width, got {self.head_dim}')
     require(self.rope_theta > 0, f'model.rope_theta: must be positive, got {self.rope_theta}')
+    require(self.local_window >= 0,
+            f'model.local_window: must be >= 0 (0: every layer global), got {self.local_window}')
+    require(self.global_every >= 1, f'model.global_every: must be >= 1, got {self.global_every}')
+    require(self.local_rope_theta >= 0, f'model.local_rope_theta: must be >= 0 (0: rope_theta), '
+            f'got {self.local_rope_theta}')
+    require(self.first_attention_norm or self.norm_position == 'pre',
+            "model.first_attention_norm: false needs model.norm_position 'pre' (a post-norm block's norms are "
+            'its outputs)')
     require(self.type_vocab_size >= 0, f'model.type_vocab_size: must be >= 0, got {self.type_vocab_size}')
     for name, choices in (('norm', NORMS), ('norm_position', NORM_POSITIONS), ('positions', POSITIONS),
                           ('mlp', MLPS)):

@@ -4,10 +4,12 @@ A matmul with P weights costs 2P FLOPs per token forward and 4P backward (the gr
 its weights), so training costs 3x the forward pass. Counted per token, with d = hidden_size,
 f = mlp_dim, V = vocab_size, T = seq_len, L = num_layers, n heads and g key/value heads of width h:
 - each layer's projections: q and out (2 d n h), k and v (2 d g h: grouped-query attention shrinks them) and
-  the MLP (2 d f, or 3 d f when gated: swiglu's gate, up and down), on every token;
+  the MLP (2 d f, or 3 d f when gated: swiglu's or geglu's gate, up and down), on every token;
 - attention scores q.k and the weighted sum of v over the keys a query sees: 4 n h FLOPs per key per layer.
   Bidirectional: T keys. Causal (model.causal): (T + 1) / 2 keys on average, the masked half is not counted
-  even though a dense kernel computes it;
+  even though a dense kernel computes it. Local layers (model.local_window) count all T keys as global ones do:
+  the dense kernel computes every score and the window only masks them (a windowed kernel would do about
+  local_window + 1 keys per query);
 - the output layer (d V, tied or not) on the predicted tokens only (the objective's count per sequence: every
   token for causal-LM, the K = max_predictions(T, mask_prob) gathered slots for masked-LM), which with
   model.head_transform also pass the head's dense layer (d^2);

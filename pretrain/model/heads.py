@@ -10,8 +10,11 @@ the pooled first token (BertForPreTraining's cls.seq_relationship). `decode` run
 Classifier: a fresh classification (or regression) head on a pooled hidden state. pooling 'auto': the pooler
 when the model has one (BertForSequenceClassification), else the last real token for a causal model
 (GPT2ForSequenceClassification, LlamaForSequenceClassification), else the mean of the real tokens; 'mean': the
-mean of the real tokens' hidden states. Its parameter tree is {'encoder': <the pretraining encoder's tree>,
-'head': ...}, so the encoder restores from a pretraining checkpoint by name.
+mean of the real tokens' hidden states; 'cls': the first token's. An encoder whose MLM head has a transform but
+no pooler (modernbert) passes the pooled vector through a copy of that transform (dense + GELU + norm) first, as
+ModernBertForSequenceClassification does, restored from the MLM head's. Its parameter tree is
+{'encoder': <the pretraining encoder's tree>, ['pooled_transform': <mlm_head's transform and norm>,] 'head': ...},
+so the encoder restores from a pretraining checkpoint by name.
 """
 import jax
 import jax.numpy as jnp
@@ -23,18 +26,20 @@ from pretrain.model.layers import ACTIVATIONS, Dense, dropout, norm, param
 from pretrain.model.transformer import Transformer
 from pretrain.runtime.sharding import constrain
 
-POOLINGS = ('auto', 'mean')
+POOLINGS = ('auto', 'mean', 'cls')
 
 
 class MlmHead(nnx.Module):
   """What bert puts between the last block and the output layer (transform), and the logits' bias."""
 
-  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, logits_bias: bool | None = None):
+    """logits_bias: default cfg.head_bias (the Classifier's copy of the transform has none)."""
     self.activation = ACTIVATIONS[cfg.mlp]
     self.transform = (Dense((cfg.hidden_size,), (cfg.hidden_size,), ('embed', 'embed_out'), cfg, rngs)
                       if cfg.head_transform else None)
     self.norm = norm(cfg, rngs) if cfg.head_transform else None
-    self.bias = param(rngs, jax.nn.initializers.zeros, (cfg.vocab_size,), ('vocab',)) if cfg.head_bias else None
+    logits_bias = cfg.head_bias if logits_bias is None else logits_bias
+    self.bias = param(rngs, jax.nn.initializers.zeros, (cfg.vocab_size,), ('vocab',)) if logits_bias else None
 
   def before_output(self, hidden_btd: jax.Array) -> jax.Array:
     if self.transform is None:
@@ -97,10 +102,16 @@ class LanguageModel(nnx.Module):
 
 
 def resolve_pooling(cfg: ModelConfig, pooling: str) -> str:
-  """'auto' -> 'pooler' (the model has one), 'last' (causal: the last real token) or 'mean'; else pooling."""
+  """'auto' -> 'pooler' (the model has one), 'last' (causal: the last real token) or 'mean'; else pooling
+  ('mean', 'cls')."""
   if pooling != 'auto':
     return pooling
   return 'pooler' if cfg.pooler else 'last' if cfg.causal else 'mean'
+
+
+def has_pooled_transform(cfg: ModelConfig) -> bool:
+  """Whether the Classifier passes its pooled vector through a copy of the MLM head's transform (modernbert)."""
+  return cfg.head_transform and not cfg.pooler and not cfg.causal
 
 
 class Classifier(nnx.Module):
@@ -110,8 +121,11 @@ class Classifier(nnx.Module):
     self.cfg = cfg
     self.pooling = resolve_pooling(cfg, pooling)
     self.encoder = Transformer(cfg, rngs)
-    # A bias unless the model has none (llama: LlamaForSequenceClassification's score layer has no bias).
-    self.head = Dense((cfg.hidden_size,), (num_outputs,), ('embed', 'classes'), cfg, rngs, use_bias=cfg.use_bias)
+    self.pooled_transform = (MlmHead(cfg, rngs, logits_bias=False) if has_pooled_transform(cfg) else None)
+    # A bias unless the model has none (llama: LlamaForSequenceClassification's score layer has no bias), as
+    # ModernBertForSequenceClassification's classifier has one.
+    use_bias = cfg.use_bias or self.pooled_transform is not None
+    self.head = Dense((cfg.hidden_size,), (num_outputs,), ('embed', 'classes'), cfg, rngs, use_bias=use_bias)
 
   def __call__(self, tokens_bt: jax.Array, token_type_ids: jax.Array, segment_ids: jax.Array,
                dropout_key: jax.Array | None = None) -> jax.Array:
@@ -120,6 +134,8 @@ class Classifier(nnx.Module):
     hidden_btd = self.encoder(tokens_bt, segment_ids=segment_ids, token_type_ids=token_type_ids,
                               dropout_key=encoder_key)
     pooled_bd = self.pool(hidden_btd, segment_ids)
+    if self.pooled_transform is not None:
+      pooled_bd = self.pooled_transform.before_output(pooled_bd)
     pooled_bd = dropout(pooled_bd, self.cfg.dropout_rate, head_key)
     return self.head(pooled_bd).astype(jnp.float32)
 
@@ -127,6 +143,8 @@ class Classifier(nnx.Module):
     """[batch, hidden]: the sentence vector the head reads (see resolve_pooling)."""
     if self.pooling == 'pooler':
       return self.encoder.pool(hidden_btd)
+    if self.pooling == 'cls':
+      return hidden_btd[:, 0]
     if self.pooling == 'last':
       last_b = jnp.maximum(jnp.sum(segment_ids_bt > 0, axis=1) - 1, 0)
       return jnp.take_along_axis(hidden_btd, last_b[:, None, None], axis=1)[:, 0]

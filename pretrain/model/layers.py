@@ -115,6 +115,7 @@ ACTIVATIONS = {
     'gelu': lambda x: jax.nn.gelu(x, approximate=False),  # exact, erf (bert's "gelu")
     'gelu_tanh': lambda x: jax.nn.gelu(x, approximate=True),  # the tanh approximation (gpt2's "gelu_new")
     'swiglu': jax.nn.silu,  # the gate's activation (llama's "silu")
+    'geglu': lambda x: jax.nn.gelu(x, approximate=False),  # the gate's activation, exact (modernbert's "gelu")
 }
 
 
@@ -125,7 +126,7 @@ def residual_init_scale(cfg: ModelConfig) -> float:
 
 
 class Mlp(nnx.Module):
-  """dense wi (hidden -> mlp_dim) -> activation -> dense wo (mlp_dim -> hidden); a gated MLP (model.mlp swiglu)
+  """dense wi (hidden -> mlp_dim) -> activation -> dense wo (mlp_dim -> hidden); a gated MLP (model.mlp swiglu, geglu)
   has two input layers instead, wo(activation(wi_gate(x)) * wi_up(x))."""
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):

@@ -27,13 +27,21 @@ class Block(nnx.Module):
     self.mlp_norm = norm(cfg, rngs)
 
   def __call__(self, x_btd: jax.Array, segment_ids_bt: jax.Array, positions_bt: jax.Array,
-               dropout_key: jax.Array | None, cache: KVCache | None = None) -> jax.Array | tuple[jax.Array, KVCache]:
-    """-> x, or (x, the layer's written cache) with a cache (see Attention)."""
+               dropout_key: jax.Array | None, cache: KVCache | None = None,
+               layer: jax.Array | int = 0) -> jax.Array | tuple[jax.Array, KVCache]:
+    """-> x, or (x, the layer's written cache) with a cache (see Attention). layer: this block's index (traced
+    inside the layer scan), for the layers that differ: local or global attention, layer 0's attention norm."""
+    cfg = self.cfg
     keys = split_key(dropout_key, 3) if dropout_key is not None else (None, None, None)
-    rate = self.cfg.dropout_rate
-    pre = self.cfg.norm_position == 'pre'
-    attended_btd = self.attention(self.attention_norm(x_btd) if pre else x_btd, segment_ids_bt, positions_bt,
-                                  keys[0], cache)
+    rate = cfg.dropout_rate
+    pre = cfg.norm_position == 'pre'
+    attention_in_btd = x_btd
+    if pre:
+      attention_in_btd = self.attention_norm(x_btd)
+      if not cfg.first_attention_norm:  # layer 0 reads the (normed) embeddings as they are
+        attention_in_btd = jnp.where(layer == 0, x_btd.astype(attention_in_btd.dtype), attention_in_btd)
+    is_global = layer % cfg.global_every == 0 if cfg.has_local_layers else True
+    attended_btd = self.attention(attention_in_btd, segment_ids_bt, positions_bt, keys[0], cache, is_global)
     if cache is not None:
       attended_btd, cache = attended_btd
     if pre:
@@ -92,8 +100,10 @@ class Transformer(nnx.Module):
     positions cache.index.. (no segment ids, no dropout); returns (hidden states, the cache with index advanced)."""
     cfg = self.cfg
     batch, length = tokens_bt.shape
-    if cache is not None and (segment_ids is not None or dropout_key is not None or not cfg.causal):
-      raise ValueError('a KV cache holds one document of a causal model: no segment_ids, no dropout')
+    if cache is not None and (segment_ids is not None or dropout_key is not None or not cfg.causal
+                              or cfg.has_local_layers):
+      raise ValueError('a KV cache holds one document of a causal model without local layers: no segment_ids, '
+                       'no dropout')
     if segment_ids is None and cache is None:
       segment_ids = jnp.ones((batch, length), jnp.int32)
     if positions is None:
@@ -111,18 +121,18 @@ class Transformer(nnx.Module):
     x_btd = constrain(x_btd, ('batch', 'length', 'act_embed'))
     layer_keys = split_key(layers_key, cfg.num_layers) if layers_key is not None else None
 
-    def apply_block(x, block, key, kv):
+    def apply_block(x, block, key, kv, layer):
       # kv: None, or this layer's (k, v) slices of the stacked cache
-      return block(x, segment_ids, positions, key, None if kv is None else KVCache(*kv, cache.index))
+      return block(x, segment_ids, positions, key, None if kv is None else KVCache(*kv, cache.index), layer)
 
     policy = cfg.checkpoint_policy()
     if policy is not None:
       apply_block = nnx.remat(apply_block, policy=policy, prevent_cse=False)
     stacked_kv, kv_axis = (None, None) if cache is None else ((cache.k, cache.v), 0)
-    scan = nnx.scan(apply_block, in_axes=(nnx.Carry, 0, 0 if layer_keys is not None else None, kv_axis),
+    scan = nnx.scan(apply_block, in_axes=(nnx.Carry, 0, 0 if layer_keys is not None else None, kv_axis, 0),
                     out_axes=nnx.Carry if cache is None else (nnx.Carry, 0),
                     transform_metadata={nnx.PARTITION_NAME: LAYERS_AXIS})
-    x_btd = scan(x_btd, self.blocks, layer_keys, stacked_kv)
+    x_btd = scan(x_btd, self.blocks, layer_keys, stacked_kv, jnp.arange(cfg.num_layers, dtype=jnp.int32))
     if cache is not None:
       x_btd, written = x_btd
       cache = KVCache(written.k, written.v, cache.index + length)

@@ -4,8 +4,9 @@
   python -m tools.convert_checkpoint from-hf --hf path/to/bert --out ckpt/bert [--verify]
 
 to-hf writes config.json, model.safetensors (sharded with an index past --max_shard_size) and tokenizer files:
-BertForMaskedLM (bert), GPT2LMHeadModel (gpt2), LlamaForCausalLM (llama) or, fine-tuned,
-BertForSequenceClassification / LlamaForSequenceClassification. from-hf imports a BERT, GPT-2 or Llama directory
+BertForMaskedLM (bert), GPT2LMHeadModel (gpt2), LlamaForCausalLM (llama), ModernBertForMaskedLM (modernbert) or,
+fine-tuned, BertForSequenceClassification / LlamaForSequenceClassification / ModernBertForSequenceClassification.
+from-hf imports a BERT, GPT-2, Llama or ModernBERT directory
 (safetensors, sharded or not, or pytorch_model.bin) as a checkpoint that finetune and pretrain take as
 init_checkpoint.
 --verify runs both models on the same tokens and fails (exit 2) if their outputs differ by more than 1e-4.
@@ -29,7 +30,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   to_hf.add_argument('--verify', action='store_true', help='load the result with transformers and compare outputs')
   to_hf.add_argument('--max_shard_size', default='5GB',
                      help='largest weight file (5GB, 500MB, 2GiB or bytes); more is split into indexed shards')
-  from_hf = commands.add_parser('from-hf', help='a Hugging Face BERT, GPT-2 or Llama directory -> our checkpoint')
+  from_hf = commands.add_parser('from-hf', help='a Hugging Face BERT, GPT-2, Llama or ModernBERT directory -> our '
+                                'checkpoint')
   from_hf.add_argument('--hf', required=True, help='directory with config.json, weights and tokenizer files')
   from_hf.add_argument('--out', required=True, help='the checkpoint directory to write (must not exist, or be empty)')
   from_hf.add_argument('--seed', type=int, default=0, help='seed of freshly initialised parts (e.g. an MLM head)')

@@ -6,6 +6,8 @@
   llama LanguageModel          -> LlamaForCausalLM (untied: lm_head.weight; tied: tie_word_embeddings true)
   fine-tuned bert (pooling auto) -> BertForSequenceClassification (id2label from the task)
   fine-tuned llama (pooling auto: the last real token) -> LlamaForSequenceClassification
+  modernbert LanguageModel     -> ModernBertForMaskedLM (classifier_pooling mean, what pooling auto gives)
+  fine-tuned modernbert (pooling auto/mean or cls) -> ModernBertForSequenceClassification (classifier_pooling)
 
 Written: config.json, model.safetensors (or, past --max_shard_size, model-0000i-of-0000N.safetensors and
 model.safetensors.index.json, as transformers shards), tokenizer files. Everything goes to a temporary directory
@@ -39,6 +41,9 @@ def tables(preset: str, classifier: bool) -> list[tuple[list[mapping.Rule], str]
   if preset == 'llama':
     return [(mapping.LLAMA_ENCODER, 'model.'),
             (mapping.LLAMA_CLASSIFIER_HEAD if classifier else mapping.LLAMA_LM_HEAD, '')]
+  if preset == 'modernbert':
+    return [(mapping.MODERNBERT_ENCODER, 'model.'),
+            (mapping.MODERNBERT_CLASSIFIER_HEAD if classifier else mapping.MODERNBERT_MLM_HEAD, '')]
   head = mapping.BERT_CLASSIFIER_HEAD if classifier else mapping.BERT_MLM_HEAD + mapping.BERT_SENTENCE_HEAD
   return [(mapping.BERT_ENCODER + mapping.BERT_POOLER, 'bert.'), (head, '')]
 
@@ -69,11 +74,10 @@ def hf_tensors(loaded: model_load.LoadedCheckpoint) -> tuple[dict[str, np.ndarra
   cfg, classifier = loaded.model_cfg, loaded.classifier
   preset = hf_config.hf_preset(cfg)
   if classifier is not None:
-    pooling = hf_config.CLASSIFIER_POOLING.get(preset)
-    require(pooling is not None and resolve_pooling(cfg, classifier['pooling']) == pooling,
+    require(resolve_pooling(cfg, classifier['pooling']) in hf_config.CLASSIFIER_POOLING.get(preset, ()),
             f"--checkpoint: a fine-tuned {preset} model with pooling '{classifier['pooling']}' has no Hugging Face "
-            'class; only bert and llama with pooling auto export (as BertForSequenceClassification, '
-            'LlamaForSequenceClassification)')
+            'class; only bert and llama with pooling auto, and modernbert with auto, mean or cls export (as '
+            'BertForSequenceClassification, LlamaForSequenceClassification, ModernBertForSequenceClassification)')
   architecture = (hf_config.SEQUENCE_CLASSIFICATION if classifier else hf_config.MASKED_LM)[preset]
   architecture = PRETRAINING if cfg.sentence_head else architecture
   flat = {k: np.asarray(v) for k, v in model_load.flatten(loaded.params).items()}
@@ -132,7 +136,8 @@ def export(checkpoint: str, out: str, max_shard_size: str = DEFAULT_MAX_SHARD_SI
           f'--checkpoint: its tokenizer has {tok.vocab_size} tokens, more than model.vocab_size {cfg.vocab_size}')
   preset = hf_config.hf_preset(cfg)
   pad_id = last_token_pad_id(tok) if loaded.classifier and preset == 'llama' else tok.pad_id
-  config_json = hf_config.to_hf_config(cfg, architecture, pad_id, tok.cls_id, tok.sep_id)
+  pooling = resolve_pooling(cfg, loaded.classifier['pooling'] if loaded.classifier else 'auto')
+  config_json = hf_config.to_hf_config(cfg, architecture, pad_id, tok.cls_id, tok.sep_id, pooling=pooling)
   if loaded.classifier:
     config_json.update(_classifier_config(loaded.classifier))
   with atomic_directory(out) as tmp:

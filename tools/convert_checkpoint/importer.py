@@ -1,4 +1,4 @@
-"""A Hugging Face BERT, GPT-2 or Llama directory -> a params-only checkpoint of ours (OUT/checkpoints/0).
+"""A Hugging Face BERT, GPT-2, Llama or ModernBERT directory -> a params-only checkpoint of ours (OUT/checkpoints/0).
 
 The checkpoint holds a LanguageModel, so `finetune` (init_checkpoint=OUT) and `pretrain` (continued
 pretraining, init_checkpoint=OUT) start from it. Weights: model.safetensors (or its sharded index) or
@@ -50,7 +50,7 @@ def read_tensors(hf_dir: pathlib.Path) -> tuple[dict[str, np.ndarray], str]:
 
 # The input embedding a tied decoder (mapping.TIED_DECODERS) must equal, per preset (without the model prefix).
 EMBEDDINGS = {'bert': 'bert.embeddings.word_embeddings.weight', 'gpt2': 'transformer.wte.weight',
-              'llama': 'model.embed_tokens.weight'}
+              'llama': 'model.embed_tokens.weight', 'modernbert': 'model.embeddings.tok_embeddings.weight'}
 
 
 def _prefix(preset: str, tensors: dict) -> str:
@@ -66,6 +66,8 @@ def _groups(cfg, preset: str, tensors: dict) -> list[tuple[str, list[mapping.Rul
   if preset == 'llama':
     return [('encoder', mapping.LLAMA_ENCODER, prefix, True)] + (
         [] if cfg.tie_embeddings else [('LM head', mapping.LLAMA_LM_HEAD, '', False)])
+  if preset == 'modernbert':
+    return [('encoder', mapping.MODERNBERT_ENCODER, prefix, True), ('MLM head', mapping.MODERNBERT_MLM_HEAD, '', False)]
   return [('encoder', mapping.BERT_ENCODER, prefix, True), ('pooler', mapping.BERT_POOLER, prefix, False),
           ('MLM head', mapping.BERT_MLM_HEAD, '', False)]
 

@@ -1,4 +1,5 @@
-"""Our parameter tree <-> Hugging Face tensor names: one declarative table per architecture (BERT, GPT-2, Llama).
+"""Our parameter tree <-> Hugging Face tensor names: one declarative table per architecture (BERT, GPT-2, Llama,
+ModernBERT).
 
 A Rule ties one HF tensor to one or more of our parameters through a Transform; '{i}' in an HF name marks a
 scanned layer, whose parameters we store stacked on axis 0. Our paths are '/'-joined keys of the pure-dict
@@ -9,6 +10,11 @@ param tree (`encoder/blocks/attention/query/kernel`). Transforms:
   Reshape(n)    the same values, flattened to [in, out] (GPT-2 Conv1D weights, n input axes) or, with n=0,
                 to a vector (biases)
   Fused(n)      one HF tensor that concatenates several of ours on its last axis (GPT-2's c_attn = q|k|v)
+  FusedLinear(n)  one torch nn.Linear weight whose output rows concatenate several of ours (ModernBERT's
+                Wqkv = q|k|v, and Wi = gate|up: the first half is activated)
+
+A rule with from_layer > 0 covers only the layers from there on (ModernBERT's layer 0 has no attention norm: HF
+holds an Identity there); the layers before it import as ones, the parameter's unused value, and export nothing.
 """
 import dataclasses
 import math
@@ -71,10 +77,22 @@ class Fused:
 
 
 @dataclasses.dataclass(frozen=True)
+class FusedLinear:
+  in_dims: int = 1
+
+  def to_hf(self, ours):
+    return Fused(self.in_dims).to_hf(ours).T
+
+  def to_ours(self, hf, shapes):
+    return Fused(self.in_dims).to_ours(hf.T, shapes)
+
+
+@dataclasses.dataclass(frozen=True)
 class Rule:
   hf: str
   ours: tuple[str, ...]
   transform: Transform = Same()
+  from_layer: int = 0  # layered rules: the first layer HF has the tensor for
 
   @property
   def layered(self) -> bool:
@@ -161,10 +179,39 @@ LLAMA_ENCODER = [
 LLAMA_LM_HEAD = dense('lm_head', 'lm_head')  # untied only (tie_word_embeddings false); no bias
 LLAMA_CLASSIFIER_HEAD = dense('score', 'head')  # LlamaForSequenceClassification: no bias
 
+# ModernBertModel (prefix 'model.'): no biases (attention_bias, mlp_bias, norm_bias false), so the bias rules never
+# apply; layer 0's attn_norm is an Identity.
+MODERNBERT_ENCODER = [
+    Rule('embeddings.tok_embeddings.weight', ('encoder/token_embed',)),
+    *norm('embeddings.norm', 'encoder/embed_norm'),
+    *[dataclasses.replace(r, from_layer=1) for r in norm('layers.{i}.attn_norm', f'{_LAYER}/attention_norm')],
+    Rule('layers.{i}.attn.Wqkv.weight', tuple(f'{_LAYER}/attention/{p}/kernel' for p in ('query', 'key', 'value')),
+         FusedLinear(1)),
+    *dense('layers.{i}.attn.Wo', f'{_LAYER}/attention/out', in_dims=2),
+    *norm('layers.{i}.mlp_norm', f'{_LAYER}/mlp_norm'),
+    Rule('layers.{i}.mlp.Wi.weight', (f'{_LAYER}/mlp/wi_gate/kernel', f'{_LAYER}/mlp/wi_up/kernel'), FusedLinear(1)),
+    *dense('layers.{i}.mlp.Wo', f'{_LAYER}/mlp/wo'),
+    *norm('final_norm', 'encoder/final_norm'),
+]
+# ModernBertForMaskedLM's head (head.dense has no bias: classifier_bias false); decoder.weight is the word
+# embedding (tied, not stored by save_pretrained).
+MODERNBERT_MLM_HEAD = [
+    *dense('head.dense', 'mlm_head/transform'),
+    *norm('head.norm', 'mlm_head/norm'),
+    Rule('decoder.bias', ('mlm_head/bias',)),
+]
+# ModernBertForSequenceClassification: head.dense/head.norm on the pooled vector (our pooled_transform, the MLM
+# head's transform), then classifier (with a bias).
+MODERNBERT_CLASSIFIER_HEAD = [
+    *dense('head.dense', 'pooled_transform/transform'),
+    *norm('head.norm', 'pooled_transform/norm'),
+    *dense('classifier', 'head'),
+]
+
 # HF tensors that carry nothing of ours: buffers, and decoders tied to the word embedding (checked equal, and
 # only read as tied when the model ties its head: an untied llama lm_head.weight is LLAMA_LM_HEAD's).
 IGNORED_SUFFIXES = ('embeddings.position_ids', '.attn.bias', '.attn.masked_bias', '.rotary_emb.inv_freq')
-TIED_DECODERS = ('cls.predictions.decoder.weight', 'lm_head.weight')
+TIED_DECODERS = ('cls.predictions.decoder.weight', 'lm_head.weight', 'decoder.weight')
 BIAS_ALIASES = {'cls.predictions.decoder.bias': 'cls.predictions.bias'}
 
 
@@ -175,7 +222,7 @@ def to_hf(rules: Sequence[Rule], params: dict[str, np.ndarray], num_layers: int,
     if not all(p in params for p in rule.ours):
       continue
     if rule.layered:
-      for i in range(num_layers):
+      for i in range(rule.from_layer, num_layers):
         tensors[prefix + rule.hf.format(i=i)] = np.asarray(rule.transform.to_hf([params[p][i] for p in rule.ours]))
     else:
       tensors[prefix + rule.hf] = np.asarray(rule.transform.to_hf([params[p] for p in rule.ours]))
@@ -195,7 +242,8 @@ def to_ours(rules: Sequence[Rule], get_tensor, shapes: dict[str, tuple[int, ...]
     our_shapes = [shapes[p][1:] if rule.layered else shapes[p] for p in rule.ours]
     expected = rule.hf_shape(our_shapes)
     layers = range(num_layers) if rule.layered else [None]
-    parts = [rule.transform.to_ours(np.asarray(get_tensor(prefix + rule.hf.format(i=i), expected)), our_shapes)
+    parts = [[np.ones(s, np.float32) for s in our_shapes] if rule.layered and i < rule.from_layer else
+             rule.transform.to_ours(np.asarray(get_tensor(prefix + rule.hf.format(i=i), expected)), our_shapes)
              for i in layers]
     for j, path in enumerate(rule.ours):
       params[path] = np.stack([p[j] for p in parts]) if rule.layered else parts[0][j]

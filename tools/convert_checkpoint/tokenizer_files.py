@@ -4,13 +4,16 @@ Export of our SentencePiece tokenizer writes `tokenizer.model` (the SentencePiec
 `tokenizer.json` for the `tokenizers` library that reproduces it: the same unigram pieces and scores with byte
 fallback, spaces as '▁', no other normalisation. Control pieces (<s>, </s>, <pad>, [MASK]) become special
 tokens; like every HF tokenizer, HF then reads their literal text ("[MASK]") as the special token. The bert
-preset's post-processor adds [CLS] a [SEP] b [SEP] with token types, as our fine-tuning does.
+and modernbert presets' post-processor adds [CLS] a [SEP] b [SEP] with token types (modernbert has no token types:
+its model ignores them), as our fine-tuning does.
 
 The llama preset's post-processor puts BOS first, as LlamaTokenizerFast does.
 
 Import prefers a SentencePiece `tokenizer.model` that has BOS/EOS (what our export writes), else builds a
 HfTokenizer from `tokenizer.json`, or from `vocab.txt` (BERT WordPiece) or `vocab.json` + `merges.txt` (GPT-2).
-A Llama's BOS and EOS are the ids its config.json names (bos_token_id, eos_token_id; of a list, the first).
+A Llama's BOS and EOS are the ids its config.json names (bos_token_id, eos_token_id; of a list, the first); a
+ModernBERT's CLS, SEP and padding ids those its config.json names (cls_token_id, sep_token_id, pad_token_id; the
+mask token comes from the tokenizer files, as ModernBertConfig has no id for it).
 """
 import json
 import pathlib
@@ -28,9 +31,11 @@ DEFAULT_SPECIALS = {
     'bert': {'pad': '[PAD]', 'unk': '[UNK]', 'cls': '[CLS]', 'sep': '[SEP]', 'mask': '[MASK]'},
     'gpt2': {'pad': None, 'unk': '<|endoftext|>', 'cls': '<|endoftext|>', 'sep': '<|endoftext|>', 'mask': None},
     'llama': {'pad': None, 'unk': '<unk>', 'cls': '<s>', 'sep': '</s>', 'mask': None},
+    'modernbert': {'pad': '[PAD]', 'unk': '[UNK]', 'cls': '[CLS]', 'sep': '[SEP]', 'mask': '[MASK]'},
 }
-# config.json's token ids that name a role (they win over the tokenizer files' names).
-CONFIG_IDS = {'cls': 'bos_token_id', 'sep': 'eos_token_id'}
+# config.json's token ids that name a role, per preset (they win over the tokenizer files' names).
+CONFIG_IDS = {'llama': {'cls': 'bos_token_id', 'sep': 'eos_token_id'},
+              'modernbert': {'cls': 'cls_token_id', 'sep': 'sep_token_id', 'pad': 'pad_token_id'}}
 
 
 def _sentencepiece_json(tokenizer: Tokenizer, preset: str) -> str:
@@ -44,7 +49,7 @@ def _sentencepiece_json(tokenizer: Tokenizer, preset: str) -> str:
   controls = [sp.id_to_piece(i) for i in range(sp.get_piece_size()) if sp.is_control(i) or sp.is_unknown(i)]
   tok.add_special_tokens([tk.AddedToken(p, special=True, normalized=False) for p in controls])
   cls, sep = sp.id_to_piece(tokenizer.cls_id), sp.id_to_piece(tokenizer.sep_id)
-  if preset == 'bert':
+  if preset in ('bert', 'modernbert'):
     tok.post_processor = tk.processors.TemplateProcessing(
         single=f'{cls} $A {sep}', pair=f'{cls} $A {sep} $B:1 {sep}:1',
         special_tokens=[(cls, tokenizer.cls_id), (sep, tokenizer.sep_id)])
@@ -103,9 +108,9 @@ def _special_names(hf_dir: pathlib.Path, model_type: str, config_ids: dict[str, 
   return specials
 
 
-def _config_ids(config_json: dict) -> dict[str, int]:
-  """role -> the id config.json gives it (bos_token_id, eos_token_id; a list's first)."""
-  ids = {role: config_json.get(key) for role, key in CONFIG_IDS.items()}
+def _config_ids(config_json: dict, model_type: str) -> dict[str, int]:
+  """role -> the id config.json gives it (CONFIG_IDS[model_type]; of a list, the first)."""
+  ids = {role: config_json.get(key) for role, key in CONFIG_IDS.get(model_type, {}).items()}
   ids = {role: (i[0] if isinstance(i, list) and i else i) for role, i in ids.items()}
   return {role: i for role, i in ids.items() if isinstance(i, int)}
 
@@ -118,7 +123,7 @@ def _lowercase(hf_dir: pathlib.Path) -> bool:
 def read_tokenizer(hf_dir: pathlib.Path, model_type: str, config_json: dict | None = None):
   """The tokenizer of an HF model dir, as one of ours (SentencePiece Tokenizer or HfTokenizer); config_json: the
   model's config.json, whose bos/eos ids (llama) name cls and sep."""
-  config_ids = _config_ids(config_json or {}) if model_type == 'llama' else {}
+  config_ids = _config_ids(config_json or {}, model_type)
   sp_path = hf_dir / 'tokenizer.model'
   if sp_path.is_file():
     try:
@@ -126,10 +131,10 @@ def read_tokenizer(hf_dir: pathlib.Path, model_type: str, config_json: dict | No
     except ConfigError:
       tokenizer = None  # a SentencePiece model without BOS/EOS, or not one: fall through to tokenizer.json
     if tokenizer is not None:
-      ours = {'cls': tokenizer.cls_id, 'sep': tokenizer.sep_id}
+      ours = {'cls': tokenizer.cls_id, 'sep': tokenizer.sep_id, 'pad': tokenizer.pad_id}
       for role, i in config_ids.items():
-        require(ours[role] == i, f'{hf_dir / "config.json"}: {CONFIG_IDS[role]} {i} is not the BOS/EOS id '
-                f'{ours[role]} of {sp_path}')
+        require(ours[role] == i, f'{hf_dir / "config.json"}: {CONFIG_IDS[model_type][role]} {i} is not the '
+                f'{role} id {ours[role]} of {sp_path}')
       return tokenizer
   tk = import_tokenizers()
   if (hf_dir / 'tokenizer.json').is_file():

@@ -9,8 +9,9 @@ import numpy as np
 from pretrain.runtime.errors import ConfigError
 from pretrain.model import load as model_load
 
-HEAD_CLASSES = ('BertForMaskedLM', 'GPT2LMHeadModel', 'LlamaForCausalLM', 'BertForSequenceClassification',
-                'LlamaForSequenceClassification')
+HEAD_CLASSES = ('BertForMaskedLM', 'GPT2LMHeadModel', 'LlamaForCausalLM', 'ModernBertForMaskedLM',
+                'BertForSequenceClassification', 'LlamaForSequenceClassification',
+                'ModernBertForSequenceClassification')
 TOLERANCE = 1e-4  # float32; measured differences are around 1e-6
 
 

@@ -110,6 +110,10 @@ def _say(text: str = '') -> None:
   print(text, flush=True)
 
 
+def _ordinal(n: int) -> str:
+  return f'{n}{"th" if 10 <= n % 100 < 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")}'
+
+
 def _print_candidates(plans, rejected, usable: int) -> None:
   name, scale = _unit(max(p.estimate.total for p in plans))
   _say(f'   data  fsdp tensor   params  optim  grads  activ   temp   total  ({name} per device, estimated)')
@@ -211,9 +215,11 @@ def run(args: argparse.Namespace) -> dict:
   settings = PretrainSettings.from_config(config)
   model_cfg = settings.model
   kv_heads = f', {model_cfg.num_kv_heads} kv heads' if model_cfg.num_kv_heads != model_cfg.num_heads else ''
+  local = (f', local window {model_cfg.local_window} (every {_ordinal(model_cfg.global_every)} layer global)'
+           if model_cfg.has_local_layers else '')
   _say(f'plan: {args.config} on {args.devices} devices: {settings.objective}, {presets.describe(model_cfg)}, '
        f'{model_cfg.num_layers} layers x {model_cfg.hidden_size} ({model_cfg.num_heads} heads of '
-       f'{model_cfg.head_dim}{kv_heads}, {model_cfg.mlp} mlp {model_cfg.mlp_dim}, vocab {model_cfg.vocab_size}'
+       f'{model_cfg.head_dim}{kv_heads}, {model_cfg.mlp} mlp {model_cfg.mlp_dim}{local}, vocab {model_cfg.vocab_size}'
        f'{"" if model_cfg.tie_embeddings else ", untied head"}), seq_len {settings.data.seq_len}, batch '
        f'{settings.train.batch_size}, {model_cfg.dtype}, remat {model_cfg.remat_policy}')
   plan, mesh_source = _choose_plan(args, settings, jax.devices(), target, usable)

@@ -2,9 +2,9 @@
 
 The parameters, optimizer state and batch per device come from the shard shape of every abstract leaf
 (exact). Gradients are float32 and laid out like the parameters. Activations are estimated from the
-architecture (its norms, MLP kind, query and key/value head widths, rotary positions): what the scanned block
-keeps for the backward pass under its remat policy (counted on the compiled HLO of the block), plus the largest
-working set of the step (one layer's recomputed forward and backward, the logits and their gradient, the
+architecture (its norms, MLP kind, query and key/value head widths, rotary positions, local windows): what the
+scanned block keeps for the backward pass under its remat policy (counted on the compiled HLO of the block), plus
+the largest working set of the step (one layer's recomputed forward and backward, the logits and their gradient, the
 gathered embedding table).
 """
 import dataclasses
@@ -79,8 +79,9 @@ def _widths(cfg: ModelConfig, seq_len: int, tensor: int, kv_split: int) -> _Widt
 
 
 # MLP hidden-layer arrays (f wide) the backward pass reads, by model.mlp: erf GELU four (its input and erf
-# intermediates), tanh GELU six, SwiGLU six (gate, up, three of SiLU's intermediates, their product).
-_MLP_ARRAYS = {'gelu': 4, 'gelu_tanh': 6, 'swiglu': 6}
+# intermediates), tanh GELU six, SwiGLU six (gate, up, three of SiLU's intermediates, their product), GeGLU six
+# (the gate, which is erf GELU's input, three erf intermediates, up, their product; measured like SwiGLU).
+_MLP_ARRAYS = {'gelu': 4, 'gelu_tanh': 6, 'swiglu': 6, 'geglu': 6}
 
 
 def layer_intermediate_bytes(cfg: ModelConfig, seq_len: int, tensor: int, kv_split: int) -> int:
@@ -90,11 +91,14 @@ def layer_intermediate_bytes(cfg: ModelConfig, seq_len: int, tensor: int, kv_spl
   or RMSNorm), two d-wide in the compute dtype, two dropout masks, q/k/v/context, the rotary cos and sin (float32),
   the MLP's hidden arrays (_MLP_ARRAYS), the attention logits (float32) and probabilities. Compiled over the
   layers this is 0.93x of the XLA CPU figure for gpt2 and for llama (with and without grouped-query attention).
+  With local layers (model.local_window; the scanned block is the same for every layer) each layer also keeps its
+  window's masks: measured (6 + heads / 2) bytes per key and token (modernbert, 4 and 8 heads at seq 128).
   """
   w = _widths(cfg, seq_len, tensor, kv_split)
   s = np.dtype(cfg.compute_dtype).itemsize
+  window_masks = 6 * seq_len + w.scores // 2 if cfg.has_local_layers else 0
   return (w.d * (6 * F32 + 2 * s + 2) + 2 * (w.q + w.kv) * s + w.rotary * F32 + _MLP_ARRAYS[cfg.mlp] * w.f * s
-          + w.scores * (F32 + s))
+          + w.scores * (F32 + s) + window_masks)
 
 
 def saved_bytes_per_layer_token(cfg: ModelConfig, seq_len: int, tensor: int, kv_split: int) -> int:
