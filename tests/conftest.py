@@ -89,6 +89,7 @@ SLOW = {
     'test_modernbert_conversion.py::test_finetuned_modernbert_exports_as_sequence_classification[cls]': '[mean]',
     'test_modernbert_conversion.py::test_export_of_our_pretrained_modernbert': 'test_round_trips_give_back_...',
     'test_modernbert_finetune.py::test_the_pooled_transform_starts': 'test_modernbert_model: the classifier ...',
+    'test_finetune.py::test_a_run_uses_the_auto_learning_rate': 'test_the_default_learning_rate_follows_the_...',
     'test_kill_resume.py::test_ten_random_sigkills': 'test_two_random_sigkills_...',
     'test_finetune.py::test_glue_script_runs_every_task': 'test_glue_script_on_two_tasks_...',
     'test_finetune.py::test_a_gpt2_step_dir_from_scratch': 'test_model: pooling; test_pre_redesign: fine-tunes',

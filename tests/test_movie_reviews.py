@@ -214,5 +214,16 @@ def test_demo_summary_prints_mean_spread_and_gain(tmp_path):
   assert 'min 78.0, max 80.0; 3 seeds: 78.0, 80.0, 79.0' in lines[0]
   assert lines[1].startswith('same model, no pretraining') and ' 75.0 ± 0.4 ' in lines[1]
   assert lines[2].startswith('pretraining gains') and '+4.0 points' in lines[2]
-  assert lines[3].startswith('majority class') and ' 50.6 ' in lines[3] and 'learning rate 0.00018' in lines[3]
+  assert lines[3].startswith("train's majority class") and ' 50.6 ' in lines[3] and 'learning rate 0.00018' in lines[3]
   assert len(lines) == 4  # no MiniLM run in this OUT
+
+
+def test_the_demo_recipe_is_a_valid_tiny_mlm_config_on_the_train_sentences_only():
+  """configs/pretrain_movie_reviews.py validates as a whole pretraining config (no compilation) and reads the
+  unlabeled train sentences the tool writes, never the dev or test ones."""
+  from configs import pretrain_movie_reviews  # pylint: disable=import-outside-toplevel
+  from pretrain.settings import PretrainSettings  # pylint: disable=import-outside-toplevel
+  config = pretrain_movie_reviews.get_config()
+  settings = PretrainSettings.from_config(config)
+  assert settings.model.hidden_size == 256 and config.mlm.mask_prob == 0.3 and config.train.steps == 600
+  assert config.data.source.startswith('jsonl:') and config.data.source.endswith('/movie_reviews_train.jsonl')
