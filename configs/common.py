@@ -113,7 +113,12 @@ def base_config(size: str, objective: str, preset: str | None = None) -> ml_coll
       dtype='bfloat16' if large else 'float32',  # compute dtype; parameters stay float32
       # none | full | dots_saveable | dots_with_no_batch_dims. At long sequences the float32 attention scores that
       # dots_saveable keeps for every layer dominate memory (tools.plan): keep only the unbatched matmuls there.
-      remat_policy=('dots_saveable' if seq_len < 512 else 'dots_with_no_batch_dims') if large else 'none',
+      # tiny: dots_saveable makes the CPU step ~10% faster than none (fewer activations stacked by the layer scan;
+      # the elementwise ones are recomputed inside the backward's fusions).
+      remat_policy=(('dots_saveable' if seq_len < 512 else 'dots_with_no_batch_dims') if large else
+                    'dots_saveable' if size == 'tiny' else 'none'),
+      # auto | xla | cudnn | pallas_gpu | splash; auto: the fastest that supports the model on this backend
+      attention_impl='auto',
   )})
 
   c.mlm = ml_collections.ConfigDict(dict(
@@ -154,6 +159,10 @@ def base_config(size: str, objective: str, preset: str | None = None) -> ml_coll
       keep_checkpoints=3,
       stop_at_step=0,  # >0: checkpoint and exit at this step (a time-limited job); rerun to continue
       max_nonfinite_steps=10,  # a non-finite step is skipped; this many in a row stop the job
+      # Tokens per device in one chunk of the output layer + cross-entropy: the [tokens, vocab] float32 logits
+      # exist for one chunk at a time (forward and backward). 0: all tokens at once.
+      loss_chunk_tokens=4096,
+      profile_steps='',  # e.g. '100:105': a jax.profiler trace of steps 100..104 under WORKDIR/profile/
   ))
 
   # -1 takes all remaining devices. Small models replicate and split the batch; large ones shard with fsdp.

@@ -52,7 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # Only the run-time model settings; the architecture is the checkpoint's.
   c.model = ml_collections.ConfigDict(dict(dropout_rate=0.1, attention_dropout_rate=0.0, dtype='float32',
-                                           remat_policy='none'))
+                                           remat_policy='none', attention_impl='auto'))
 
   c.train = ml_collections.ConfigDict(dict(
       epochs=3,

@@ -9,11 +9,16 @@ An Objective says
   train_metrics / eval_metrics   the names and values of what is logged
   predicted_per_sequence   how many tokens of a sequence reach the output layer (for the FLOP count)
 
+The token loss runs the output layer and the cross-entropy over chunks of loss_chunk_tokens tokens per device
+(train.loss_chunk_tokens; chunked_cross_entropy), so the float32 [tokens, vocab] logits exist for one chunk at a
+time in the forward and the backward pass.
+
   mlm  MaskedLM: BERT masking (pretrain/masking.py); with mlm.sentence_task nsp or sop, sentence pairs and a
        second loss term from the sentence head (the batch then adds `token_types` and `sentence_labels`)
   clm  CausalLM: every position predicts the next token of its own document
 """
 import dataclasses
+import functools
 import math
 
 import jax
@@ -22,6 +27,7 @@ import jax.numpy as jnp
 from pretrain import masking
 from pretrain.data.sentence_pairs import TASKS as SENTENCE_TASKS
 from pretrain.runtime.errors import require
+from pretrain.runtime.sharding import constrain, logical_axis_size
 
 OBJECTIVES = ('mlm', 'clm')
 # The ids our SentencePiece models reserve (pad, unk, cls, sep, [MASK]): what planning and benchmarks mask with,
@@ -69,7 +75,8 @@ def _mean(sums: dict, prefix: str = '', on_host: bool = False) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class _TokenPrediction:
-  """Shared by the objectives that predict tokens with LanguageModel.pretraining_logits."""
+  """Shared by the objectives that predict tokens with LanguageModel's output layer (`logits`)."""
+  loss_chunk_tokens: int = dataclasses.field(default=0, kw_only=True)  # chunked_cross_entropy's; 0: all at once
 
   def batch_shapes(self, rows: int, seq_len: int) -> dict[str, tuple[int, ...]]:
     return dict.fromkeys(('tokens', 'segment_ids', 'positions'), (rows, seq_len))
@@ -80,9 +87,10 @@ class _TokenPrediction:
 
   def loss_sums(self, model, batch: dict, ex: dict, dropout_key: jax.Array | None) -> dict:
     """Each term's loss_sum, correct_sum and weight_sum over the batch (the token term unprefixed)."""
-    logits_btv, sentence_logits_bc = model.pretraining_logits(
+    hidden_btd, sentence_logits_bc = model.pretraining_hidden(
         ex['inputs'], predict_positions=ex['positions'], dropout_key=dropout_key, **self.model_inputs(batch))
-    return self._more_sums(weighted_cross_entropy(logits_btv, ex['targets'], ex['weights']), sentence_logits_bc, ex)
+    sums = chunked_cross_entropy(model.logits, hidden_btd, ex['targets'], ex['weights'], self.loss_chunk_tokens)
+    return self._more_sums(sums, sentence_logits_bc, ex)
 
   def _more_sums(self, sums: dict, sentence_logits_bc, ex: dict) -> dict:
     del sentence_logits_bc, ex
@@ -170,12 +178,13 @@ class CausalLM(_TokenPrediction):
     return seq_len
 
 
-def build(name: str, mlm: MlmSettings, vocab_size: int, tokenizer=None):
+def build(name: str, mlm: MlmSettings, vocab_size: int, tokenizer=None, loss_chunk_tokens: int = 0):
   """The objective `name` for a model of vocab_size; MLM masks with the tokenizer's special ids (None: the
-  ids our SentencePiece models reserve, for planning before a tokenizer exists)."""
+  ids our SentencePiece models reserve, for planning before a tokenizer exists). loss_chunk_tokens: see
+  chunked_cross_entropy."""
   require(name in OBJECTIVES, f'objective: {name!r} is not one of {OBJECTIVES}')
   if name == 'clm':
-    return CausalLM()
+    return CausalLM(loss_chunk_tokens=loss_chunk_tokens)
   if tokenizer is None:
     settings = masking.Masking(mask_id=PLANNING_MASK_ID, special_ids=RESERVED_SPECIAL_IDS,
                                random_vocab_size=vocab_size, mask_prob=mlm.mask_prob,
@@ -187,7 +196,7 @@ def build(name: str, mlm: MlmSettings, vocab_size: int, tokenizer=None):
                                mask_token_prob=mlm.mask_token_prob, random_token_prob=mlm.random_token_prob,
                                word_starts=(tuple(tokenizer.word_starts().tolist())
                                             if mlm.whole_word_masking else None))
-  return MaskedLM(settings, mlm.sentence_task)
+  return MaskedLM(settings, mlm.sentence_task, loss_chunk_tokens=loss_chunk_tokens)
 
 
 def weighted_cross_entropy(logits_btv: jax.Array, targets_bt: jax.Array, weights_bt: jax.Array) -> dict:
@@ -202,3 +211,39 @@ def weighted_cross_entropy(logits_btv: jax.Array, targets_bt: jax.Array, weights
       'correct_sum': jnp.sum(correct_bt * weights_bt),
       'weight_sum': jnp.sum(weights_bt),
   }
+
+
+def chunked_cross_entropy(head_fn, hidden_btd: jax.Array, targets_bt: jax.Array, weights_bt: jax.Array,
+                          chunk_tokens: int) -> dict:
+  """weighted_cross_entropy(head_fn(hidden_btd), targets_bt, weights_bt), the output layer and the loss run over
+  chunks of chunk_tokens tokens per data-parallel shard, one after another (lax.scan). A chunk's logits are
+  recomputed in the backward pass (jax.checkpoint), so [chunk, vocab] float32 logits exist one chunk at a time.
+  chunk_tokens 0, or a shard's tokens no more than one chunk: all at once, as weighted_cross_entropy.
+
+  head_fn: hidden [batch, length, hidden] -> logits [batch, length, vocab] (LanguageModel.logits).
+  The sums equal the unchunked ones up to float rounding (the order of the additions differs).
+  """
+  batch, length = targets_bt.shape
+  shards = logical_axis_size('batch')
+  shards = shards if batch % shards == 0 else 1
+  tokens = batch * length // shards  # per shard: each shard's rows, flattened
+  if chunk_tokens == 0 or tokens <= chunk_tokens:
+    return weighted_cross_entropy(head_fn(hidden_btd), targets_bt, weights_bt)
+  chunks = -(-tokens // chunk_tokens)
+
+  def to_chunks(x_bt):
+    """[batch, length, ...] -> [chunks, shards, chunk_tokens, ...]; the padding (weight 0) ends each shard."""
+    x_st = x_bt.reshape(shards, tokens, *x_bt.shape[2:])
+    x_st = jnp.pad(x_st, [(0, 0), (0, chunks * chunk_tokens - tokens)] + [(0, 0)] * (x_bt.ndim - 2))
+    x_ksc = jnp.moveaxis(x_st.reshape(shards, chunks, chunk_tokens, *x_bt.shape[2:]), 1, 0)
+    return constrain(x_ksc, (None, 'batch') + (None,) * (x_bt.ndim - 1))
+
+  @functools.partial(jax.checkpoint, prevent_cse=False)
+  def chunk_sums(hidden_scd, targets_sc, weights_sc):
+    return weighted_cross_entropy(head_fn(hidden_scd), targets_sc, weights_sc)
+
+  def add_chunk(sums, chunk):
+    return jax.tree.map(jnp.add, sums, chunk_sums(*chunk)), None
+
+  zeros = dict.fromkeys(('loss_sum', 'correct_sum', 'weight_sum'), jnp.zeros((), jnp.float32))
+  return jax.lax.scan(add_chunk, zeros, tuple(map(to_chunks, (hidden_btd, targets_bt, weights_bt))))[0]

@@ -11,6 +11,7 @@ sentence task). `resume_fields()` names them; `check_resumable` compares them wi
 """
 import dataclasses
 import json
+import re
 
 from pretrain import objectives
 from pretrain.data.settings import DataSettings
@@ -45,6 +46,8 @@ class TrainSettings:
   max_nonfinite_steps: int  # this many skipped (non-finite) steps in a row stop the job
   decay_fraction: float = 0.1  # schedule wsd: the share of the steps its decay takes (pretrain.optim)
   decay_shape: str = '1-sqrt'  # schedule wsd: the decay's shape, optim.DECAY_SHAPES
+  loss_chunk_tokens: int = 4096  # tokens per chunk of the output layer + loss (0: all at once)
+  profile_steps: str = ''  # 'START:STOP': a jax.profiler trace of steps START..STOP-1 under WORKDIR/profile/
 
   def __post_init__(self):
     require(self.batch_size > 0, f'train.batch_size: must be positive, got {self.batch_size}')
@@ -55,11 +58,27 @@ class TrainSettings:
                 'max_nonfinite_steps'):
       require(getattr(self, key) > 0, f'train.{key}: must be positive, got {getattr(self, key)}')
     require(self.stop_at_step >= 0, f'train.stop_at_step: must be >= 0, got {self.stop_at_step}')
+    require(isinstance(self.loss_chunk_tokens, int) and self.loss_chunk_tokens >= 0,
+            f'train.loss_chunk_tokens: must be an integer >= 0 (0: no chunks), got {self.loss_chunk_tokens!r}')
     self.optimizer  # pylint: disable=pointless-statement  # validates the optimizer fields
+    profile = self.profile_range
+    require(profile is None or profile[0] < self.steps, f'train.profile_steps: {self.profile_steps!r} starts at or '
+            f'after train.steps {self.steps}: no step would be traced')
 
   @property
   def optimizer(self) -> OptimizerSettings:
     return OptimizerSettings.pick(self)
+
+  @property
+  def profile_range(self) -> tuple[int, int] | None:
+    """train.profile_steps as (start, stop): trace the steps numbered start..stop-1 (pretrain/runtime/profiling.py);
+    None when it is '' (no trace)."""
+    if self.profile_steps == '':
+      return None
+    match = re.fullmatch(r'(\d+):(\d+)', str(self.profile_steps), re.ASCII)
+    require(match is not None and int(match[1]) < int(match[2]), f'train.profile_steps: {self.profile_steps!r} is '
+            "not 'START:STOP' with integers 0 <= START < STOP (e.g. '100:105'), or '' (no trace)")
+    return int(match[1]), int(match[2])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +140,8 @@ class PretrainSettings:
 
   def build_objective(self, tokenizer=None):
     """The objective with this run's settings (tokenizer None: the reserved special ids, for planning)."""
-    return objectives.build(self.objective, self.mlm, self.model.vocab_size, tokenizer)
+    return objectives.build(self.objective, self.mlm, self.model.vocab_size, tokenizer,
+                            loss_chunk_tokens=self.train.loss_chunk_tokens)
 
   def data_arguments(self) -> dict:
     """What pretrain.data.pipeline.build_data takes besides the DataSettings."""

@@ -14,6 +14,7 @@ from absl import logging
 from pretrain.data import pipeline as data_lib
 from pretrain.data.tokenizers import tokenizer_from_meta
 from pretrain.model import presets
+from pretrain.model.attention_kernels import resolve_attention_impl
 from pretrain.model.config import fields_with_role, from_checkpoint_meta
 from pretrain.nonfinite import NonfiniteSteps
 from pretrain.optim import learning_rate_schedule
@@ -23,6 +24,7 @@ from pretrain.runtime.errors import require
 from pretrain.runtime.files import check_writable_dir, write_atomic
 from pretrain.runtime.metrics_log import MetricsLog
 from pretrain.runtime.preemption import PreemptionWatch
+from pretrain.runtime.profiling import StepProfiler
 from pretrain.settings import PretrainSettings, check_batch_split, check_resumable, schedule_change
 from pretrain.trainer import Trainer, flops_per_token, make_trainer
 
@@ -122,6 +124,7 @@ def _train(settings: PretrainSettings, workdir: str, mesh, data: data_lib.DataPi
   schedule = learning_rate_schedule(train.optimizer)
   steps = train.steps
   stop_at = min(steps, train.stop_at_step or steps)
+  attention_impl = resolve_attention_impl(settings.model, jax.default_backend())  # a bad choice fails here
 
   with sharding.use_mesh_and_rules(mesh, settings.sharding_rules):
     trainer = make_trainer(settings, mesh, data.tokenizer)
@@ -142,6 +145,9 @@ def _train(settings: PretrainSettings, workdir: str, mesh, data: data_lib.DataPi
     num_params = sum(x.size for x in jax.tree.leaves(state['params']))
     logging.info('model: %s, %s parameters; mesh %s; global batch %d x %d tokens', presets.describe(settings.model),
                  f'{num_params:,}', dict(mesh.shape), train.batch_size, settings.data.seq_len)
+    logging.info('attention: %s%s', attention_impl,
+                 f' (chosen by model.attention_impl auto on {jax.default_backend()})'
+                 if settings.model.attention_impl == 'auto' else '')
 
     start = time.perf_counter()
     train_step = trainer.train_step.lower(state, trainer.abstract_batch).compile()
@@ -165,6 +171,7 @@ def _train(settings: PretrainSettings, workdir: str, mesh, data: data_lib.DataPi
         train.max_nonfinite_steps, f'stopped without saving the last of them (the checkpoints under '
         f'{checkpointer.directory} hold the last finite parameters). Lower train.learning_rate or check the data, '
         'then rerun to resume from the last checkpoint', workdir, step, is_main)
+    profiler = StepProfiler(train.profile_range, workdir, enabled=is_main)
     last_flag = None  # the newest step's `nonfinite` flag, read once the next step is queued (or when logged)
 
     def read_flag() -> None:
@@ -187,8 +194,10 @@ def _train(settings: PretrainSettings, workdir: str, mesh, data: data_lib.DataPi
 
     try:
       while step < stop_at:
+        profiler.before(step)  # the step's trace annotation covers its batch too (pretrain/runtime/profiling.py)
         batch = sharding.global_batch_from_local(next(train_iter), trainer.batch_sharding)
         state, metrics = train_step(state, batch)
+        profiler.after(metrics)
         step += 1
         read_flag()  # the previous step's (the device has this one queued)
         last_flag = (step, metrics['nonfinite'])
@@ -210,6 +219,7 @@ def _train(settings: PretrainSettings, workdir: str, mesh, data: data_lib.DataPi
           break
       read_flag()
     finally:
+      profiler.close()
       log.close()
     if nonfinite.summary():
       logging.warning('%s', nonfinite.summary())

@@ -88,8 +88,11 @@ def make_steps(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, 
     grads, sums = mean_grads(state, batch)
     updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
     grad_norm = optax.tree_utils.tree_norm(grads)
-    # A non-finite loss, gradient or update leaves the parameters and optimizer state as they were.
-    params, opt_state, nonfinite = finite_update(state['params'], updates, opt_state, state['opt_state'], sums,
+    # A non-finite loss, gradient or update leaves the parameters and optimizer state as they were. Only the loss
+    # sums are checked: what train_metrics does not log (CLM's accuracy argmax over the vocabulary) is then not
+    # computed at all.
+    losses = {k: v for k, v in sums.items() if k.endswith('loss_sum')}
+    params, opt_state, nonfinite = finite_update(state['params'], updates, opt_state, state['opt_state'], losses,
                                                  grad_norm)
     metrics = {**objective.train_metrics(sums), 'grad_norm': grad_norm, 'predicted_tokens': sums['weight_sum'],
                'nonfinite': nonfinite}

@@ -116,7 +116,7 @@ def test_round_trip_ours_hf_ours_is_bitwise_identical(ours, tmp_path, objective)
   for name in flat_before:
     assert np.array_equal(np.asarray(flat_before[name]), np.asarray(flat_after[name])), name
   assert after.tokenizer.to_bytes() == before.tokenizer.to_bytes()
-  assert after.model_cfg == before.model_cfg
+  assert after.model_cfg.architecture() == before.model_cfg.architecture()  # runtime fields are the importer's
   assert after.meta['imported_from']['freshly_initialised'] == []
 
 

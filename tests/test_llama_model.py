@@ -16,7 +16,7 @@ from configs import jobs, llama_1b_wiki, pretrain_clm, pretrain_llama, pretrain_
 from pretrain import train
 from pretrain.data.packing import CONT, PAD, START, features
 from pretrain.model import presets
-from pretrain.model.attention import xla_attention
+from pretrain.model.attention_kernels import xla_attention
 from pretrain.model.heads import LanguageModel
 from pretrain.model.layers import RMSNorm
 from pretrain.model.load import load_checkpoint

@@ -79,7 +79,8 @@ def test_a_pre_ln_mlm_encoder_is_allowed_and_a_causal_mlm_is_an_error_naming_the
 
 
 def test_roles_decide_what_a_checkpoint_fixes():
-  assert set(fields_with_role('runtime')) == {'dropout_rate', 'attention_dropout_rate', 'dtype', 'remat_policy'}
+  assert set(fields_with_role('runtime')) == {'dropout_rate', 'attention_dropout_rate', 'dtype', 'remat_policy',
+                                             'attention_impl'}
   architecture = fields_with_role('architecture')
   assert {'layer_norm_eps', 'norm_position', 'mlp', 'causal', 'vocab_size', 'tie_embeddings', 'norm', 'positions',
           'num_kv_heads', 'head_dim', 'rope_theta'} <= set(architecture)
@@ -93,7 +94,7 @@ def test_roles_decide_what_a_checkpoint_fixes():
     with pytest.raises(ConfigError, match=rf'^model\.{field}: .* differs from .* in the checkpoint at ckpt'):
       check_resumable(PretrainSettings.from_config(changed), meta, 'ckpt')
   runtime = tiny_config('mlm')
-  runtime.model.update(dropout_rate=0.0, dtype='bfloat16', remat_policy='full')  # free to change
+  runtime.model.update(dropout_rate=0.0, dtype='bfloat16', remat_policy='full', attention_impl='xla')  # free to change
   check_resumable(PretrainSettings.from_config(runtime), meta, 'ckpt')
 
 

@@ -25,6 +25,7 @@ POSITIONS = ('learned', 'rotary')  # learned absolute embeddings, or rotary on q
 MLPS = ('gelu', 'gelu_tanh', 'swiglu', 'geglu')
 GATED_MLPS = ('swiglu', 'geglu')
 REMAT_POLICIES = ('none', 'full', 'dots_saveable', 'dots_with_no_batch_dims')
+ATTENTION_IMPLS = ('auto', 'xla', 'cudnn', 'pallas_gpu', 'splash')  # pretrain/model/attention_kernels.py
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 ROLES = ('architecture', 'runtime', 'init', 'objective')
 
@@ -78,6 +79,8 @@ class ModelConfig:
   attention_dropout_rate: float = _field('runtime', 0.0)
   dtype: str = _field('runtime', 'float32')  # compute dtype; parameters are float32
   remat_policy: str = _field('runtime', 'none')
+  # The attention kernel, ATTENTION_IMPLS (pretrain/model/attention_kernels.py); auto: the fastest that fits.
+  attention_impl: str = _field('runtime', 'auto')
   # A 2-way next-sentence / sentence-order head on the pooler (mlm.sentence_task nsp or sop).
   sentence_head: bool = _field('objective', False)
 
@@ -188,6 +191,8 @@ def validate_runtime(model_cfg) -> None:
   require(model_cfg.dtype in DTYPES, f'model.dtype: {model_cfg.dtype!r} is not one of {tuple(DTYPES)}')
   require(model_cfg.remat_policy in REMAT_POLICIES,
           f'model.remat_policy: {model_cfg.remat_policy!r} is not one of {REMAT_POLICIES}')
+  require(model_cfg.attention_impl in ATTENTION_IMPLS,
+          f'model.attention_impl: {model_cfg.attention_impl!r} is not one of {ATTENTION_IMPLS}')
 
 
 def from_checkpoint_meta(meta: dict, **changes) -> ModelConfig:

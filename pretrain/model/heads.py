@@ -73,25 +73,30 @@ class LanguageModel(nnx.Module):
   def pretraining_logits(self, tokens_bt: jax.Array, *, predict_positions: jax.Array | None = None,
                          **kwargs) -> tuple[jax.Array, jax.Array | None]:
     """(token logits as __call__ gives them, sentence logits [batch, 2] in float32 or None without the head)."""
+    hidden_btd, sentence_logits_bc = self.pretraining_hidden(tokens_bt, predict_positions=predict_positions,
+                                                             **kwargs)
+    return self.logits(hidden_btd).astype(jnp.float32), sentence_logits_bc
+
+  def pretraining_hidden(self, tokens_bt: jax.Array, *, predict_positions: jax.Array | None = None,
+                         **kwargs) -> tuple[jax.Array, jax.Array | None]:
+    """(the hidden states `logits` reads: [batch, length or K, hidden], sentence logits as pretraining_logits):
+    the loss applies the output layer itself, a chunk of tokens at a time (objectives.chunked_cross_entropy)."""
     hidden_btd = self.encoder(tokens_bt, **kwargs)
     sentence_logits_bc = None
     if self.sentence_head is not None:
       sentence_logits_bc = self.sentence_head(self.encoder.pool(hidden_btd)).astype(jnp.float32)
-    if predict_positions is not None:
-      hidden_btd = jnp.take_along_axis(hidden_btd, predict_positions[..., None], axis=1)
-    return self.logits(hidden_btd).astype(jnp.float32), sentence_logits_bc
+    return _at_positions(hidden_btd, predict_positions), sentence_logits_bc
 
   def decode(self, tokens_bt: jax.Array, cache: KVCache, *,
              predict_positions: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
     """Generation with a KV cache: (logits as __call__ gives them, the cache with tokens_bt written at
     cache.index..). A prompt (prefill) or one new token per step; causal models only."""
     hidden_btd, cache = self.encoder(tokens_bt, cache=cache)
-    if predict_positions is not None:
-      hidden_btd = jnp.take_along_axis(hidden_btd, predict_positions[..., None], axis=1)
-    return self.logits(hidden_btd).astype(jnp.float32), cache
+    return self.logits(_at_positions(hidden_btd, predict_positions)).astype(jnp.float32), cache
 
   def logits(self, hidden_btd: jax.Array) -> jax.Array:
-    """The output head on hidden states [batch, length, hidden] -> [batch, length, vocab] (compute dtype)."""
+    """The output layer (with the MLM head's transform and bias) on hidden states [batch, length, hidden] ->
+    [batch, length, vocab] (compute dtype)."""
     if self.mlm_head is not None:
       hidden_btd = self.mlm_head.before_output(hidden_btd)
     if self.lm_head is None:
@@ -99,6 +104,13 @@ class LanguageModel(nnx.Module):
     else:
       logits_btv = constrain(self.lm_head(hidden_btd), ('batch', 'length', 'act_vocab'))
     return logits_btv if self.mlm_head is None else self.mlm_head.after_output(logits_btv)
+
+
+def _at_positions(hidden_btd: jax.Array, positions_bk: jax.Array | None) -> jax.Array:
+  """hidden_btd at positions [batch, K] -> [batch, K, hidden]; all of it for None."""
+  if positions_bk is None:
+    return hidden_btd
+  return jnp.take_along_axis(hidden_btd, positions_bk[..., None], axis=1)
 
 
 def resolve_pooling(cfg: ModelConfig, pooling: str) -> str:

@@ -76,6 +76,15 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
   return jax.lax.with_sharding_constraint(x, fitted_spec(names, x.shape, mesh, rules))
 
 
+def logical_axis_size(name: str) -> int:
+  """Devices the logical axis `name` spans in the current mesh/rules context (1 outside one)."""
+  rules = flax.core.spmd.get_logical_axis_rules()
+  mesh = jax.sharding.get_abstract_mesh()
+  if not rules or mesh.empty:
+    return 1
+  return _mesh_axis_size(mesh, dict(rules).get(name))
+
+
 def _mesh_axis_size(mesh, entry) -> int:
   if entry is None:
     return 1

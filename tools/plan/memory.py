@@ -5,7 +5,7 @@ The parameters, optimizer state and batch per device come from the shard shape o
 architecture (its norms, MLP kind, query and key/value head widths, rotary positions, local windows): what the
 scanned block keeps for the backward pass under its remat policy (counted on the compiled HLO of the block), plus
 the largest working set of the step (one layer's recomputed forward and backward, the logits and their gradient, the
-gathered embedding table).
+gathered embedding table). With train.loss_chunk_tokens the logits exist for one chunk of tokens at a time.
 """
 import dataclasses
 import math
@@ -116,12 +116,13 @@ def saved_bytes_per_layer_token(cfg: ModelConfig, seq_len: int, tensor: int, kv_
 
 
 def activation_bytes(cfg: ModelConfig, seq_len: int, local_batch: int, predicted_per_sequence: int,
-                     mesh_shape: dict[str, int], kv_split: int) -> tuple[int, int]:
+                     mesh_shape: dict[str, int], kv_split: int, loss_chunk_tokens: int = 0) -> tuple[int, int]:
   """(activations kept for the backward pass, peak working set) per device, estimated.
 
   local_batch: sequences per device at a time (batch_size / microbatches / (data * fsdp));
   predicted_per_sequence: tokens per sequence that reach the output layer (clm: seq_len; mlm: max_predictions);
-  kv_split: devices the key/value heads split over (kv_heads_split).
+  kv_split: devices the key/value heads split over (kv_heads_split);
+  loss_chunk_tokens: tokens per device whose logits exist at a time (objectives.chunked_cross_entropy; 0: all).
   """
   tensor = mesh_shape['tensor']
   tokens = local_batch * seq_len
@@ -134,8 +135,11 @@ def activation_bytes(cfg: ModelConfig, seq_len: int, local_batch: int, predicted
   w = _widths(cfg, seq_len, tensor, kv_split)
   recompute = 0 if cfg.remat_policy == 'none' else layer_intermediate_bytes(cfg, seq_len, tensor, kv_split)
   layer_backward = tokens * (recompute + 2 * d * F32 + w.scores * (F32 + s))
-  # The output layer: the logits and their gradient in float32, plus the logits in a narrower compute dtype.
-  logits = local_batch * predicted_per_sequence * (v // tensor) * (2 * F32 + (s if s < F32 else 0))
+  # The output layer: the logits and their gradient in float32, plus the logits in a narrower compute dtype; of
+  # one chunk of tokens when chunked (the backward pass recomputes a chunk's logits: measured the same two copies).
+  predicted = local_batch * predicted_per_sequence
+  predicted = min(predicted, loss_chunk_tokens) if loss_chunk_tokens else predicted
+  logits = predicted * (v // tensor) * (2 * F32 + (s if s < F32 else 0))
   # The token embedding is used whole: a sharded table is gathered, and its gradients (from the lookup and from
   # a tied output layer) are built whole before they are reduced (measured: about 3 tables; 1 unsharded). An
   # untied output layer (llama) measures the same: its gathered weight and gradient take the tied one's place.
@@ -155,7 +159,8 @@ def estimate_memory(settings: PretrainSettings, abstract_state: dict, batch_abst
   params = sharded_bytes(abstract_state['params'])
   predicted = settings.build_objective().predicted_per_sequence(seq_len)
   activations, temporaries = activation_bytes(settings.model, seq_len, local_batch, predicted, mesh_shape,
-                                              kv_heads_split(settings.model, mesh_shape, settings.sharding_rules))
+                                              kv_heads_split(settings.model, mesh_shape, settings.sharding_rules),
+                                              settings.train.loss_chunk_tokens)
   return MemoryEstimate(
       params=params,
       optimizer=sharded_bytes({k: v for k, v in abstract_state.items() if k != 'params'}),
