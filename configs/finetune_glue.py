@@ -35,7 +35,13 @@ TASK_DEFAULTS = {
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  task = (arg or 'sst2').removeprefix('task=')
+  c = base_config((arg or 'sst2').removeprefix('task='))
+  c.lock()
+  return c
+
+
+def base_config(task: str) -> ml_collections.ConfigDict:
+  """The fields every fine-tuning task has (configs/finetune_ner.py and finetune_squad.py add theirs); unlocked."""
   c = ml_collections.ConfigDict()
   c.task = task
   c.seed = 0
@@ -45,7 +51,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.pooling = 'auto'  # auto: bert's pooler over [CLS], gpt2's last token | mean: mean over the real tokens
 
   c.data = ml_collections.ConfigDict(dict(
-      source='',  # glue_dir:PATH (official GLUE layout) or tfds:glue/TASK (needs TensorFlow)
+      source='',  # glue_dir:PATH (official GLUE layout) or tfds:glue/TASK (needs TensorFlow); conll:DIR, squad:DIR
       max_length=128,  # tokens per example, [CLS] and [SEP]s included; longer texts are truncated
       max_malformed_fraction=0.001,  # malformed rows beyond this fraction of a file are an error
   ))
@@ -70,6 +76,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       log_every=50,
       max_train_examples=0,  # >0: use only the first N training examples (quick runs)
       max_nonfinite_steps=10,  # a non-finite step is skipped; this many in a row stop the run
+      class_weights='',  # '' | 'balanced' | '1,5,5' (per label): weighted cross-entropy (finetune/class_weights.py)
   ))
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
@@ -77,5 +84,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   for path, value in TASK_DEFAULTS.get(task, {}).items():
     section, field = path.split('.')
     c[section][field] = value
-  c.lock()
   return c

@@ -4,18 +4,15 @@ Each failure is one ConfigError naming the field or file: the task, the data sou
 path with no checkpoint, a vocabulary or length the checkpoint's model cannot hold), the train settings.
 """
 import dataclasses
+from types import ModuleType
 
-from finetune import defaults
-from finetune.data import GLUE_DIR_SCHEME, glue_dir
-from finetune.tasks import TASKS, Task
+from finetune import class_weights, defaults, task_kinds
 from pretrain.data.tokenizers import tokenizer_from_meta
 from pretrain.model.config import ModelConfig, fields_with_role, from_checkpoint_meta, validate_runtime
 from pretrain.model.heads import POOLINGS
 from pretrain.optim import OptimizerSettings
 from pretrain.runtime import checkpoint as checkpoint_lib
 from pretrain.runtime.errors import require
-
-SOURCE_SCHEMES = (GLUE_DIR_SCHEME, 'tfds:')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,21 +22,11 @@ class Pretrained:
   checkpoint: str  # the resolved step directory
 
 
-def task_of(config) -> Task:
-  require(config.task in TASKS, f'task: {config.task!r} is not one of {tuple(TASKS)}')
-  task = TASKS[config.task]
-  owner = next((t.name for t in TASKS.values() if task.name in t.predicts_also), None)
-  require(owner is None, f"task: '{task.name}' has no training data; fine-tune '{owner}', whose run also "
-          f'writes the {task.name} test predictions')
-  return task
-
-
-def validate(config) -> Task:
-  task = task_of(config)
+def validate(config) -> ModuleType:
+  """The task's module (finetune/task_kinds.py), once the config is checked."""
+  kind = task_kinds.kind_of(config.task)
   require(config.init_checkpoint, 'init_checkpoint: required (a pretraining workdir, its checkpoints/ dir or a '
           'step dir)')
-  require(config.data.source.startswith(SOURCE_SCHEMES),
-          f"data.source: expected 'glue_dir:PATH' or 'tfds:glue/{task.name}', got {config.data.source!r}")
   require(config.pooling in POOLINGS, f'pooling: {config.pooling!r} is not one of {POOLINGS}')
   validate_runtime(config.model)  # the architecture is the checkpoint's, checked in load_pretrained
   require(config.data.max_length >= 4, f'data.max_length: must be at least 4, got {config.data.max_length}')
@@ -53,14 +40,10 @@ def validate(config) -> Task:
           f"checkpoint's width (finetune/defaults.py), got {config.train.learning_rate}")
   require(config.train.max_train_examples >= 0,
           f'train.max_train_examples: must be >= 0, got {config.train.max_train_examples}')
+  class_weights.parse(config.train.class_weights)
   optimizer_settings(config.train, total_steps=1)  # validates the schedule and optimizer fields
-  if config.data.source.startswith(GLUE_DIR_SCHEME):
-    root = glue_dir(config.data.source)
-    for name in ('train.tsv', *task.dev_files.values()):
-      require((root / task.directory / name).is_file(),
-              f'data.source: {root / task.directory / name} is missing (the official GLUE layout has '
-              f'{task.directory}/{name})')
-  return task
+  kind.validate_source(config)
+  return kind
 
 
 def optimizer_settings(train_cfg, total_steps: int, hidden_size: int | None = None) -> OptimizerSettings:
@@ -83,7 +66,7 @@ def load_pretrained(config) -> Pretrained:
   require(config.data.max_length <= model_cfg.max_position_embeddings,
           f'data.max_length: {config.data.max_length} exceeds the checkpoint\'s model.max_position_embeddings '
           f'{model_cfg.max_position_embeddings}')
-  pairs = len(TASKS[config.task].text_columns) == 2
+  pairs = task_kinds.kind_of(config.task).uses_pairs(config)
   require(not pairs or model_cfg.type_vocab_size == 0 or model_cfg.type_vocab_size >= 2,
           f'init_checkpoint: {config.task} pairs need 2 token types; the checkpoint\'s model.type_vocab_size is '
           f'{model_cfg.type_vocab_size} in {step_dir}')

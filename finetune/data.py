@@ -42,6 +42,14 @@ def glue_dir(source: str, field: str = 'data.source') -> pathlib.Path:
   return path
 
 
+def source_dir(source: str, scheme: str, task: str, what: str, field: str = 'data.source') -> pathlib.Path:
+  """The directory of a `scheme`DIR source (conll:DIR, squad:DIR), which must exist."""
+  require(source.startswith(scheme), f"{field}: expected '{scheme}DIR' for task {task}, got {source!r}")
+  path = pathlib.Path(source[len(scheme):]).expanduser()
+  require(path.is_dir(), f'{field}: {what} directory {path} does not exist')
+  return path
+
+
 def _column(header: list[str] | None, column: str | int, path: pathlib.Path) -> int:
   if isinstance(column, int):
     return column

@@ -42,7 +42,11 @@ def token_rows(examples: Examples, tokenizer: Tokenizer, max_length: int) -> lis
 
 
 def padded_length(rows_per_split: list[list[tuple[list[int], list[int]]]], max_length: int) -> int:
-  longest = max(len(tokens) for rows in rows_per_split for tokens, _ in rows)
+  return length_for(max(len(tokens) for rows in rows_per_split for tokens, _ in rows), max_length)
+
+
+def length_for(longest: int, max_length: int) -> int:
+  """The padded length of a task whose longest row has `longest` tokens (all tasks: GLUE, NER, SQuAD)."""
   return min(max_length, -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE)
 
 

@@ -1,5 +1,6 @@
 """GLUE metrics exactly as GLUE defines them, in numpy: accuracy; F1 of the positive class (MRPC, QQP);
-Matthews correlation (CoLA); Pearson and Spearman correlation (STS-B). Checked against scikit-learn/scipy."""
+Matthews correlation (CoLA); Pearson and Spearman correlation (STS-B); and macro-F1 (the mean of the classes' F1,
+reported beside the official metric of tasks with more than two classes). Checked against scikit-learn/scipy."""
 import numpy as np
 
 
@@ -16,6 +17,16 @@ def f1(predictions: np.ndarray, labels: np.ndarray) -> float:
   """F1 of class 1; 0 when there are no true or predicted positives (scikit-learn's convention)."""
   tp, _, fp, fn = _binary_counts(predictions, labels)
   return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+
+
+def macro_f1(predictions: np.ndarray, labels: np.ndarray) -> float:
+  """The mean over classes of each class's F1, the classes being those in labels or predictions (scikit-learn's
+  f1_score(average='macro'))."""
+  predictions, labels = np.asarray(predictions), np.asarray(labels)
+  classes = np.union1d(predictions, labels)
+  per_class = [2 * np.sum((predictions == c) & (labels == c)) /
+               (np.sum(predictions == c) + np.sum(labels == c)) for c in classes]
+  return float(np.mean(per_class)) if per_class else 0.0
 
 
 def matthews_corrcoef(predictions: np.ndarray, labels: np.ndarray) -> float:
@@ -51,7 +62,7 @@ def spearman(predictions: np.ndarray, labels: np.ndarray) -> float:
   return pearson(_average_ranks(predictions), _average_ranks(labels))
 
 
-METRICS = {'accuracy': accuracy, 'f1': f1, 'matthews_corrcoef': matthews_corrcoef, 'pearson': pearson,
+METRICS = {'accuracy': accuracy, 'f1': f1, 'macro_f1': macro_f1, 'matthews_corrcoef': matthews_corrcoef, 'pearson': pearson,
            'spearman': spearman}
 
 

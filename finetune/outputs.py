@@ -1,11 +1,9 @@
-"""What a fine-tuning run writes: results.json, and predictions of the best epoch.
+"""The predictions a GLUE fine-tuning run writes, of its best epoch (results.json: finetune/train.py).
 
-  results.json                {"task": "sst2", "dev": {"accuracy": 0.912}, "best_epoch": 2, "epochs": [...]}
   predictions/dev*.tsv        index, prediction, label  (MNLI: dev_matched.tsv, dev_mismatched.tsv)
   predictions/<NAME>.tsv      index, prediction: the GLUE leaderboard's file for each test set (SST-2.tsv,
                               MNLI-m.tsv, AX.tsv, ...), labels as the task's files spell them
 """
-import json
 import pathlib
 
 import numpy as np
@@ -31,8 +29,8 @@ def write_tsv(path: pathlib.Path, header: list[str], columns: list[list[str]]) -
   write_atomic(path, '\n'.join(lines) + '\n')
 
 
-def write(workdir: pathlib.Path, results: dict, task: Task, task_data: TaskData, dev_predictions: dict,
-          test_predictions: dict) -> None:
+def write_predictions(workdir: pathlib.Path, task: Task, task_data: TaskData, dev_predictions: dict,
+                      test_predictions: dict) -> None:
   directory = workdir / 'predictions'
   directory.mkdir(exist_ok=True)
   for key, predictions in dev_predictions.items():
@@ -42,9 +40,3 @@ def write(workdir: pathlib.Path, results: dict, task: Task, task_data: TaskData,
   for name, predictions in test_predictions.items():
     write_tsv(directory / f'{name}.tsv', ['index', 'prediction'],
               [task_data.test[name].indices, label_text(predictions, task_data.test_tasks[name])])
-  write_atomic(workdir / 'results.json', json.dumps(results, indent=2) + '\n')
-
-
-def summary(results: dict, task: Task) -> str:
-  return ', '.join(f'{split} {name} {value:.4f}' for split in task.dev_files
-                   for name, value in results[split].items())

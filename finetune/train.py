@@ -18,49 +18,26 @@ from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from finetune import checks, defaults, features, loop, outputs
-from finetune import data as data_lib
-from finetune import metrics as metrics_lib
+from finetune import checks, defaults, loop
+from finetune import class_weights as class_weights_lib
+from finetune.prepared import INPUTS, TARGETS, PreparedTask
 from finetune.steps import make_steps
-from finetune.tasks import Task
-from finetune.tfds_glue import read_tfds
 from pretrain.runtime import checkpoint as checkpoint_lib
 from pretrain import optim
 from pretrain.runtime import sharding
 from pretrain.runtime.errors import require
+from pretrain.runtime.files import write_atomic
 from pretrain.runtime.metrics_log import MetricsLog
 from pretrain.runtime.preemption import PreemptionWatch
 from pretrain.model.heads import Classifier
 from pretrain.trainer import shard_state
 
 
-def load_data(config, task: Task) -> data_lib.TaskData:
-  if config.data.source.startswith('tfds:'):
-    return read_tfds(config.data.source, task)
-  root = data_lib.glue_dir(config.data.source)
-  return data_lib.read_glue_dir(root, task, config.data.max_malformed_fraction)
-
-
-def _encode_all(task_data: data_lib.TaskData, tokenizer, max_length: int) -> tuple[dict, int]:
-  """{('train'|'dev'|'test', key): arrays} all padded to one length, and that length."""
-  splits = {('train', 'train'): task_data.train, **{('dev', k): v for k, v in task_data.dev.items()},
-            **{('test', k): v for k, v in task_data.test.items()}}
-  rows = {key: features.token_rows(examples, tokenizer, max_length) for key, examples in splits.items()}
-  length = features.padded_length(list(rows.values()), max_length)
-  arrays = {key: features.to_arrays(r, length, tokenizer.pad_id) for key, r in rows.items()}
-  for key, examples in splits.items():
-    if examples.labels is not None:
-      arrays[key]['labels'] = examples.labels
-  return arrays, length
-
-
-def _take(arrays: dict, index: np.ndarray, size: int) -> dict:
-  """Rows `index`, padded to `size` rows of weight 0."""
+def _take(arrays: dict, index: np.ndarray, size: int, keys) -> dict:
+  """Rows `index` of `keys`, padded to `size` rows of weight 0."""
   padded = np.concatenate([index, np.zeros(size - len(index), index.dtype)])
-  batch = {k: v[padded] for k, v in arrays.items()}
+  batch = {k: arrays[k][padded] for k in keys}
   batch['weights'] = (np.arange(size) < len(index)).astype(np.float32)
-  if 'labels' not in batch:
-    batch['labels'] = np.zeros(size, np.int32)
   return batch
 
 
@@ -68,13 +45,16 @@ def _take(arrays: dict, index: np.ndarray, size: int) -> dict:
 class Compiled:
   state: dict  # the train state, initialised sharded; the encoder restored unless from_scratch
   train_step: Callable[[dict, dict], tuple[dict, dict]]  # donates the state
-  predict_step: Callable[[dict, dict], jax.Array]  # (params, batch) -> replicated outputs
+  predict_step: Callable[[dict, dict], jax.Array]  # (params, inputs) -> replicated outputs
   to_device: Callable[[dict], dict]  # a host batch (every process holds all of it) -> global arrays
+  train_keys: tuple[str, ...]  # the arrays a train batch takes (INPUTS and the targets)
 
 
-def _compile(config, pretrained: checks.Pretrained, task: Task, mesh, rules, optimizer) -> Compiled:
+def _compile(config, pretrained: checks.Pretrained, task: PreparedTask, mesh, rules, optimizer,
+             class_weights: np.ndarray | None = None) -> Compiled:
   """Call inside sharding.use_mesh_and_rules(mesh, rules)."""
-  build_model = lambda: Classifier(pretrained.model_cfg, task.num_labels, nnx.Rngs(config.seed), config.pooling)
+  build_model = lambda: Classifier(pretrained.model_cfg, task.num_outputs, nnx.Rngs(config.seed), config.pooling,
+                                   outputs=task.outputs)
   layout = shard_state(build_model, optimizer, config.seed, mesh, rules)
   graphdef, param_shardings, state_shardings = layout.graphdef, layout.param_shardings, layout.state_shardings
   state = layout.init()
@@ -91,16 +71,20 @@ def _compile(config, pretrained: checks.Pretrained, task: Task, mesh, rules, opt
 
   rows_2d = sharding.batch_sharding(mesh, rules)
   rows_1d = NamedSharding(mesh, sharding.logical_to_spec(('batch',), rules))
-  batch_shardings = {'tokens': rows_2d, 'token_type_ids': rows_2d, 'segment_ids': rows_2d,
-                     'labels': rows_1d, 'weights': rows_1d}
-  steps = make_steps(graphdef, optimizer, task.is_regression)
+  train_keys = tuple(k for k in task.train if k in INPUTS or k in TARGETS)
+  train_shardings = {k: rows_2d if task.train[k].ndim == 2 else rows_1d for k in train_keys}
+  train_shardings['weights'] = rows_1d
+  input_shardings = {k: rows_2d for k in INPUTS}
+  steps = make_steps(graphdef, optimizer, task.outputs, task.is_regression, class_weights)
   return Compiled(
       state=state,
-      train_step=jax.jit(steps.train, in_shardings=(state_shardings, batch_shardings),
+      train_step=jax.jit(steps.train, in_shardings=(state_shardings, train_shardings),
                          out_shardings=(state_shardings, None), donate_argnums=0),
-      predict_step=jax.jit(steps.predict, in_shardings=(param_shardings, batch_shardings),
+      predict_step=jax.jit(steps.predict, in_shardings=(param_shardings, input_shardings),
                            out_shardings=NamedSharding(mesh, PartitionSpec())),
-      to_device=lambda batch: sharding.global_batch_from_host(batch, batch_shardings))
+      to_device=lambda batch: sharding.global_batch_from_host(
+          batch, {k: train_shardings.get(k, rows_2d) for k in batch}),
+      train_keys=train_keys)
 
 
 def run(config, workdir: str) -> dict:
@@ -115,7 +99,7 @@ def run(config, workdir: str) -> dict:
 
 
 def _run(config, workdir: str, preemption: PreemptionWatch) -> dict:
-  task = checks.validate(config)
+  task_kind = checks.validate(config)
   pretrained = checks.load_pretrained(config)
   mesh = sharding.make_mesh(config.mesh)
   rules = tuple(config.sharding_rules)
@@ -132,81 +116,82 @@ def _run(config, workdir: str, preemption: PreemptionWatch) -> dict:
   if is_main:  # results.json is this run's or absent
     (workdir_path / 'results.json').unlink(missing_ok=True)
 
-  task_data = load_data(config, task)
-  if config.train.max_train_examples:
-    n = config.train.max_train_examples
-    t = task_data.train
-    task_data.train = data_lib.Examples(t.texts[:n], t.labels[:n], t.indices[:n], t.skipped)
-  arrays, length = _encode_all(task_data, pretrained.tokenizer, config.data.max_length)
-  num_train = len(task_data.train.texts)
+  task = task_kind.prepare(config, pretrained.tokenizer)
+  class_weights = class_weights_lib.resolve(config.train.class_weights, task.labels, task.train_label_counts)
+  num_train = task.num_train_rows
   batch_size = config.train.batch_size
   steps_per_epoch = -(-num_train // batch_size)
   total_steps = config.train.epochs * steps_per_epoch
   hidden_size = pretrained.model_cfg.hidden_size  # train.learning_rate 0: the rate for this width (defaults.py)
   optimizer_settings = checks.optimizer_settings(config.train, total_steps, hidden_size)
   logging.info('learning rate %s', defaults.describe(config.train.learning_rate, hidden_size))
+  if class_weights is not None:
+    logging.info('class weights (train.class_weights %r): %s', config.train.class_weights,
+                 ', '.join(f'{label} {w:.3g}' for label, w in zip(task.labels, class_weights)))
   optimizer, schedule = optim.make_optimizer(optimizer_settings), optim.learning_rate_schedule(optimizer_settings)
 
   with sharding.use_mesh_and_rules(mesh, rules):
-    compiled = _compile(config, pretrained, task, mesh, rules, optimizer)
+    compiled = _compile(config, pretrained, task, mesh, rules, optimizer, class_weights)
     to_device = compiled.to_device
 
     def predict(params, split_arrays: dict) -> np.ndarray:
       n, size = len(split_arrays['tokens']), config.train.eval_batch_size
-      batches = (to_device(_take(split_arrays, np.arange(i, min(i + size, n)), size)) for i in range(0, n, size))
-      return np.concatenate([np.asarray(compiled.predict_step(params, b)) for b in batches])[:n]
+      batches = (to_device(_take(split_arrays, np.arange(i, min(i + size, n)), size, INPUTS))
+                 for i in range(0, n, size))
+      return np.concatenate([np.asarray(compiled.predict_step(params, {k: b[k] for k in INPUTS}))
+                             for b in batches])[:n]
 
     def evaluate(params) -> tuple[dict, dict]:
-      scores, predictions = {}, {}
-      for key in task.dev_files:
-        predictions[key] = outputs.to_predictions(predict(params, arrays[('dev', key)]), task)
-        scores[key] = metrics_lib.compute(task.metrics, predictions[key], task_data.dev[key].labels)
-      return scores, predictions
+      return task.evaluate({key: predict(params, arrays) for key, arrays in task.dev.items()})
 
     shuffle = np.random.default_rng(config.seed)
 
     def train_batches():
       order = shuffle.permutation(num_train)
       for i in range(steps_per_epoch):
-        yield to_device(_take(arrays[('train', 'train')], order[i * batch_size:(i + 1) * batch_size], batch_size))
+        rows = order[i * batch_size:(i + 1) * batch_size]
+        yield to_device(_take(task.train, rows, batch_size, compiled.train_keys))
 
     num_params = sum(x.size for x in jax.tree.leaves(compiled.state['params']))
-    logging.info('%s: %d train examples (%d malformed skipped), padded to %d tokens; %s parameters; '
-                 '%d epochs x %d steps of %d', task.name, num_train, task_data.train.skipped, length,
-                 f'{num_params:,}', config.train.epochs, steps_per_epoch, batch_size)
-    headline_split, headline = next(iter(task.dev_files)), task.metrics[0]
+    logging.info('%s: %d train examples in %d rows, padded to %d tokens; %s parameters; %d epochs x %d steps of %d',
+                 task.name, task.num_train_examples, num_train, task.length, f'{num_params:,}', config.train.epochs,
+                 steps_per_epoch, batch_size)
+    headline_split, headline = task.headline
     log = MetricsLog(str(workdir_path), total_steps, 0, enabled=is_main)
     try:
       epochs = loop.train_epochs(compiled.state, compiled.train_step, train_batches, steps_per_epoch, evaluate,
                                  lambda scores: scores[headline_split][headline], config.train, schedule, log,
-                                 batch_size * length, preemption)
+                                 batch_size * task.length, preemption)
     finally:
       log.close()
     if epochs.best_epoch is None:
       logging.warning('preempted: stopped at step %d of %d, before the first epoch finished: no results written; '
                       'rerun to fine-tune', epochs.step, total_steps)
       return {'task': task.name, 'preempted': True, 'stopped_at_step': epochs.step}
-    test_predictions = {name: outputs.to_predictions(predict(epochs.best_params, arrays[('test', name)]),
-                                                     task_data.test_tasks[name])
-                        for name in task_data.test}
+    test_outputs = {key: predict(epochs.best_params, arrays) for key, arrays in task.test.items()}
     checkpoint_dir = _save_best(workdir_path, epochs.best_step, epochs.best_params,
                                 classifier_meta(config, pretrained, task)) if config.save_checkpoint else None
 
   best = epochs.history[epochs.best_epoch - 1]
-  results = {'task': task.name, **{k: best[k] for k in task.dev_files}, 'best_epoch': epochs.best_epoch,
-             'epochs': epochs.history, 'majority_baseline': majority_baseline(task, task_data), 'seed': config.seed,
+  results = {'task': task.name, **{k: best[k] for k in task.dev}, 'best_epoch': epochs.best_epoch,
+             'epochs': epochs.history, **task.extra_results, 'seed': config.seed,
              'init_checkpoint': None if config.from_scratch else pretrained.checkpoint,
-             'checkpoint': checkpoint_dir and str(checkpoint_dir), 'num_train_examples': num_train,
-             'learning_rate': optimizer_settings.learning_rate,
-             'padded_length': length, 'train_seconds': round(epochs.seconds, 1), 'skipped_steps': epochs.skipped_steps,
-             'preempted': epochs.preempted, 'stopped_at_step': epochs.step, 'total_steps': total_steps}
+             'checkpoint': checkpoint_dir and str(checkpoint_dir), 'num_train_examples': task.num_train_examples,
+             'num_train_rows': num_train, 'learning_rate': optimizer_settings.learning_rate,
+             'class_weights': None if class_weights is None else dict(zip(task.labels, class_weights.tolist())),
+             'padded_length': task.length, 'train_seconds': round(epochs.seconds, 1),
+             'skipped_steps': epochs.skipped_steps, 'preempted': epochs.preempted, 'stopped_at_step': epochs.step,
+             'total_steps': total_steps}
   if is_main:
-    outputs.write(workdir_path, results, task, task_data, epochs.best_predictions, test_predictions)
+    (workdir_path / 'predictions').mkdir(exist_ok=True)
+    results.update(task.write(workdir_path, epochs.best_predictions, test_outputs) or {})
+    write_atomic(workdir_path / 'results.json', json.dumps(results, indent=2) + '\n')
   if epochs.preempted:
     logging.warning('preempted: stopped at step %d of %d; results.json, predictions and checkpoint are of epoch %d, '
                     'the best of %d finished; rerun to train all %d epochs', epochs.step, total_steps,
                     epochs.best_epoch, len(epochs.history), config.train.epochs)
-  logging.info('%s: best epoch %d, %s', task.name, epochs.best_epoch, outputs.summary(results, task))
+  logging.info('%s: best epoch %d, %s', task.name, epochs.best_epoch,
+               task.summary({k: best[k] for k in task.dev}))
   return results
 
 
@@ -222,20 +207,11 @@ def _save_best(workdir: pathlib.Path, step: int, params: dict, meta: dict) -> pa
   return checkpoint_lib.save_params(workdir, step, params, meta)
 
 
-def classifier_meta(config, pretrained: checks.Pretrained, task: Task) -> dict:
+def classifier_meta(config, pretrained: checks.Pretrained, task: PreparedTask) -> dict:
   """The meta item of the fine-tuned checkpoint: the run's config with the full architecture, the tokenizer,
   and what the head predicts (pretrain.model.load reads it; tools.convert_checkpoint exports it)."""
   config_dict = json.loads(config.to_json_best_effort())
   config_dict['model'] = dataclasses.asdict(pretrained.model_cfg)
   return checkpoint_lib.make_meta(config_dict, pretrained.tokenizer, classifier={
-      'task': task.name, 'num_labels': task.num_labels, 'labels': list(task.labels or []),
-      'is_regression': task.is_regression, 'pooling': config.pooling})
-
-
-def majority_baseline(task: Task, task_data: data_lib.TaskData) -> dict | None:
-  """Dev scores of always predicting the most frequent training label (None for regression)."""
-  if task.is_regression:
-    return None
-  majority = np.bincount(task_data.train.labels, minlength=task.num_labels).argmax()
-  return {key: metrics_lib.compute(task.metrics, np.full(len(dev.labels), majority), dev.labels)
-          for key, dev in task_data.dev.items()}
+      'task': task.name, 'num_labels': task.num_outputs, 'labels': list(task.labels),
+      'is_regression': task.is_regression, 'pooling': config.pooling, 'outputs': task.outputs})

@@ -142,6 +142,13 @@ SLOW = {
     'test_attention_impl.py::test_the_whole_model_gives_the_reference_logits[modernbert-splash]': '[llama-...]',
     'test_attention_impl.py::test_a_training_run_rejects_splash_on_cpu': 'test_unsupported_combinations_name_...',
     'test_profiling.py::test_cli_writes_a_trace_of_the_profile_steps': 'test_the_trace_spans_the_steps_in_range',
+    'test_token_heads_export.py::test_encoder_token_heads_export_and_match_transformers[modernbert': '[mlm-*]',
+    'test_token_heads_export.py::test_decoder_token_heads_export': 'test_encoder_token_heads_export_...[mlm-*]',
+    'test_token_tasks.py::test_ner_from_minilm': 'test_every_preset_fine_tunes_on_ner_and_squad[mlm], conll (all)',
+    'test_token_tasks.py::test_squad_v2_from_minilm': 'test_every_preset_fine_tunes_on_ner_and_squad[mlm], squad (all)',
+    'test_token_tasks.py::test_every_preset_fine_tunes_on_ner_and_squad[modernbert]': '[mlm]',
+    'test_token_tasks.py::test_every_preset_fine_tunes_on_ner_and_squad[llama]': '[mlm]',
+    'test_token_tasks.py::test_every_preset_fine_tunes_on_ner_and_squad[clm]': '[mlm]',
 }
 
 

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from finetune import checks, data, features, glue, train
+from finetune import checks, data, features, glue, glue_task, train
 from finetune.tasks import TASKS
 from pretrain import optim
 from pretrain.model import load as model_load
@@ -150,13 +150,13 @@ def _host_copy(tree):
 
 def test_a_non_finite_step_changes_nothing_but_the_step_counter(checkpoint, tmp_path):
   config = _stsb_config(checkpoint, _stsb_with_scores(tmp_path, bad_rows={3}))
-  task, pretrained = TASKS['stsb'], checks.load_pretrained(config)
-  arrays, _ = train._encode_all(train.load_data(config, task), pretrained.tokenizer, config.data.max_length)
+  pretrained = checks.load_pretrained(config)
+  task = glue_task.prepare(config, pretrained.tokenizer)
   mesh, rules = sharding.make_mesh(config.mesh), tuple(config.sharding_rules)
   optimizer = optim.make_optimizer(checks.optimizer_settings(config.train, total_steps=4))  # as the run below
   with sharding.use_mesh_and_rules(mesh, rules):
     compiled = train._compile(config, pretrained, task, mesh, rules, optimizer)
-    batch = lambda rows: compiled.to_device(train._take(arrays[('train', 'train')], np.array(rows), 8))
+    batch = lambda rows: compiled.to_device(train._take(task.train, np.array(rows), 8, compiled.train_keys))
     before = _host_copy(compiled.state)
     state, metrics = compiled.train_step(compiled.state, batch(range(8)))  # row 3 scores 1e30
     after = _host_copy(state)

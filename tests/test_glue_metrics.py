@@ -37,3 +37,14 @@ def test_correlations_match_scipy_with_ties(seed):
 def test_compute_names_each_metric():
   out = metrics.compute(('f1', 'accuracy'), np.array([1, 0, 1, 1]), np.array([1, 0, 0, 1]))
   assert out == {'f1': pytest.approx(0.8), 'accuracy': 0.75}
+
+
+@pytest.mark.parametrize('seed', range(5))
+def test_macro_f1_matches_scikit_learn(seed):
+  rng = np.random.default_rng(seed)
+  n = int(rng.integers(1, 300))
+  labels, predictions = rng.integers(0, 3, n), rng.integers(0, 3 + seed % 2, n)  # seed 1, 3: a class never true
+  if seed == 2:
+    predictions[:] = 1  # one class predicted: the others' F1 are 0
+  assert metrics.macro_f1(predictions, labels) == pytest.approx(
+      sklearn_metrics.f1_score(labels, predictions, average='macro', zero_division=0.0))

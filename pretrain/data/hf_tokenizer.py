@@ -15,7 +15,7 @@ import numpy as np
 
 from pretrain.runtime.errors import ConfigError, first_line, require
 from pretrain.runtime.files import write_atomic
-from pretrain.data.tokenizer import WHITESPACE_BYTE_PIECES
+from pretrain.data.tokenizer import WHITESPACE_BYTE_PIECES, trim_leading_space
 
 KIND = 'hf_tokenizers'
 SPECIAL_ROLES = ('pad', 'unk', 'cls', 'sep', 'mask')
@@ -80,6 +80,13 @@ class HfTokenizer:
 
   def encode(self, text: str) -> list[int]:
     return self._tok.encode(text, add_special_tokens=False).ids
+
+  def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """`encode(text)` and, per id, the [start, end) character offsets (str indices) into `text` as given (before
+    any normaliser: WordPiece's 'zurich' of 'Zürich' covers 'Zürich'); leading whitespace cut off as in
+    Tokenizer.encode_with_offsets."""
+    encoding = self._tok.encode(text, add_special_tokens=False)
+    return encoding.ids, trim_leading_space(text, [tuple(o) for o in encoding.offsets])
 
   def encode_batch(self, texts: Sequence[str], num_threads: int = -1) -> list[list[int]]:
     del num_threads  # tokenizers parallelises by itself

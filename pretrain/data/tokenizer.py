@@ -90,6 +90,25 @@ class Tokenizer:
     """Token ids of `text`; no BOS/EOS added."""
     return self._sp.encode(text)
 
+  def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """`encode(text)` and, per id, the [start, end) character offsets (str indices) of the text it covers.
+
+    SentencePiece reports UTF-8 byte spans: every byte-fallback piece of one multi-byte character maps to that
+    whole character (the pieces before its last one have an empty byte span). A piece that starts with
+    whitespace ('▁word') does not cover it: its span starts at the word (see trim_leading_space);
+    whitespace-only pieces keep their span. Foreign models with a normaliser: spans point into `text` as given.
+    """
+    pieces = _proto(self._sp, text).pieces
+    cps = np.frombuffer(text.encode('utf-32-le'), np.uint32)
+    char_bytes = 1 + (cps >= 0x80) + (cps >= 0x800) + (cps >= 0x10000)
+    char_at = np.append(np.repeat(np.arange(len(text)), char_bytes), len(text)).tolist()  # byte -> character
+    offsets = []
+    for p in pieces:
+      start = char_at[p.begin]
+      end = char_at[p.end - 1] + 1 if p.end > p.begin else min(start + 1, len(text))
+      offsets.append((start, end))
+    return [p.id for p in pieces], trim_leading_space(text, offsets)
+
   def encode_batch(self, texts: Sequence[str], num_threads: int = -1) -> list[list[int]]:
     """`encode` of many texts at once, in native threads (-1: all cores)."""
     return self._sp.encode(list(texts), num_threads=num_threads)
@@ -133,6 +152,26 @@ class Tokenizer:
 
   def __repr__(self) -> str:
     return f'Tokenizer({self._name!r}, vocab_size={self.vocab_size})'
+
+
+def _proto(sp: spm.SentencePieceProcessor, text: str):
+  """The SentencePieceText of `text` (pieces with id, begin, end): 'proto' in newer sentencepiece releases,
+  'immutable_proto' in 0.2.0."""
+  try:
+    return sp.encode(text, out_type='proto')
+  except (ValueError, RuntimeError, TypeError):
+    return sp.encode(text, out_type='immutable_proto')
+
+
+def trim_leading_space(text: str, offsets: list[tuple[int, int]]) -> list[tuple[int, int]]:
+  """offsets with each span's leading whitespace cut off, unless the span is whitespace only: '▁word' (or
+  byte-level BPE's 'Ġword') then covers 'word', so answer spans that start on it do not start with a space."""
+  trimmed = []
+  for start, end in offsets:
+    if start < end and text[start].isspace() and not text[start:end].isspace():
+      start += len(text[start:end]) - len(text[start:end].lstrip())
+    trimmed.append((start, end))
+  return trimmed
 
 
 def text_batches(texts: Sequence[str], max_texts: int, max_chars: int = _BATCH_CHARS) -> Iterator[Sequence[str]]:

@@ -7,12 +7,16 @@ gpt2: GPT2LMHeadModel's (tied, no bias). With model.sentence_head (mlm.sentence_
 the pooled first token (BertForPreTraining's cls.seq_relationship). `decode` runs a causal model with a KV cache
 (pretrain/model/kv_cache.py) for generation (tools.generate).
 
-Classifier: a fresh classification (or regression) head on a pooled hidden state. pooling 'auto': the pooler
+Classifier: a fresh classification (or regression) head. outputs 'sequence': on a pooled hidden state (below);
+'tokens' (token classification, NER) and 'spans' (extractive QA: 2 outputs, start and end logits) apply it to
+every position, with no pooling (BertForTokenClassification, BertForQuestionAnswering, ...; the bert pooler's
+parameters stay in the encoder, unused). Sequence heads: pooling 'auto': the pooler
 when the model has one (BertForSequenceClassification), else the last real token for a causal model
 (GPT2ForSequenceClassification, LlamaForSequenceClassification), else the mean of the real tokens; 'mean': the
 mean of the real tokens' hidden states; 'cls': the first token's. An encoder whose MLM head has a transform but
 no pooler (modernbert) passes the pooled vector through a copy of that transform (dense + GELU + norm) first, as
-ModernBertForSequenceClassification does, restored from the MLM head's. Its parameter tree is
+ModernBertForSequenceClassification does (per token for 'tokens' and 'spans', as ModernBertForTokenClassification
+and ModernBertForQuestionAnswering), restored from the MLM head's. Its parameter tree is
 {'encoder': <the pretraining encoder's tree>, ['pooled_transform': <mlm_head's transform and norm>,] 'head': ...},
 so the encoder restores from a pretraining checkpoint by name.
 """
@@ -24,9 +28,11 @@ from pretrain.model.config import ModelConfig
 from pretrain.model.kv_cache import KVCache
 from pretrain.model.layers import ACTIVATIONS, Dense, dropout, norm, param
 from pretrain.model.transformer import Transformer
+from pretrain.runtime.errors import require
 from pretrain.runtime.sharding import constrain
 
 POOLINGS = ('auto', 'mean', 'cls')
+OUTPUTS = ('sequence', 'tokens', 'spans')  # Classifier outputs: one vector per sequence, per token, start/end
 
 
 class MlmHead(nnx.Module):
@@ -127,29 +133,37 @@ def has_pooled_transform(cfg: ModelConfig) -> bool:
 
 
 class Classifier(nnx.Module):
-  """The pretrained Transformer plus a fresh head on its pooled output -> float32 [batch, num_outputs]."""
+  """The pretrained Transformer plus a fresh head -> float32 [batch, num_outputs] on its pooled output (outputs
+  'sequence'), or [batch, length, num_outputs] on every position ('tokens'; 'spans': num_outputs 2, start and
+  end logits)."""
 
-  def __init__(self, cfg: ModelConfig, num_outputs: int, rngs: nnx.Rngs, pooling: str = 'auto'):
+  def __init__(self, cfg: ModelConfig, num_outputs: int, rngs: nnx.Rngs, pooling: str = 'auto',
+               outputs: str = 'sequence'):
+    require(outputs in OUTPUTS, f"outputs: {outputs!r} is not one of {', '.join(OUTPUTS)}")
+    require(outputs != 'spans' or num_outputs == 2,
+            f"num_outputs: a 'spans' head has 2 outputs (start and end logits), not {num_outputs}")
     self.cfg = cfg
+    self.outputs = outputs
     self.pooling = resolve_pooling(cfg, pooling)
     self.encoder = Transformer(cfg, rngs)
     self.pooled_transform = (MlmHead(cfg, rngs, logits_bias=False) if has_pooled_transform(cfg) else None)
     # A bias unless the model has none (llama: LlamaForSequenceClassification's score layer has no bias), as
-    # ModernBertForSequenceClassification's classifier has one.
-    use_bias = cfg.use_bias or self.pooled_transform is not None
+    # ModernBertForSequenceClassification's classifier has one; every HF per-token head has one.
+    use_bias = cfg.use_bias or self.pooled_transform is not None or outputs != 'sequence'
     self.head = Dense((cfg.hidden_size,), (num_outputs,), ('embed', 'classes'), cfg, rngs, use_bias=use_bias)
 
   def __call__(self, tokens_bt: jax.Array, token_type_ids: jax.Array, segment_ids: jax.Array,
                dropout_key: jax.Array | None = None) -> jax.Array:
-    """segment_ids: 1 for real tokens, 0 for padding."""
+    """segment_ids: 1 for real tokens, 0 for padding. Per-token outputs at padding are meaningless."""
     encoder_key, head_key = jax.random.split(dropout_key) if dropout_key is not None else (None, None)
     hidden_btd = self.encoder(tokens_bt, segment_ids=segment_ids, token_type_ids=token_type_ids,
                               dropout_key=encoder_key)
-    pooled_bd = self.pool(hidden_btd, segment_ids)
+    # [batch, hidden] or, per token, [batch, length, hidden]
+    features = hidden_btd if self.outputs != 'sequence' else self.pool(hidden_btd, segment_ids)
     if self.pooled_transform is not None:
-      pooled_bd = self.pooled_transform.before_output(pooled_bd)
-    pooled_bd = dropout(pooled_bd, self.cfg.dropout_rate, head_key)
-    return self.head(pooled_bd).astype(jnp.float32)
+      features = self.pooled_transform.before_output(features)
+    features = dropout(features, self.cfg.dropout_rate, head_key)
+    return self.head(features).astype(jnp.float32)
 
   def pool(self, hidden_btd: jax.Array, segment_ids_bt: jax.Array) -> jax.Array:
     """[batch, hidden]: the sentence vector the head reads (see resolve_pooling)."""

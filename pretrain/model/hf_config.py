@@ -19,6 +19,12 @@ MASKED_LM = {'bert': 'BertForMaskedLM', 'gpt2': 'GPT2LMHeadModel', 'llama': 'Lla
              'modernbert': 'ModernBertForMaskedLM'}
 SEQUENCE_CLASSIFICATION = {'bert': 'BertForSequenceClassification', 'llama': 'LlamaForSequenceClassification',
                            'modernbert': 'ModernBertForSequenceClassification'}
+TOKEN_CLASSIFICATION = {'bert': 'BertForTokenClassification', 'gpt2': 'GPT2ForTokenClassification',
+                        'llama': 'LlamaForTokenClassification', 'modernbert': 'ModernBertForTokenClassification'}
+QUESTION_ANSWERING = {'bert': 'BertForQuestionAnswering', 'gpt2': 'GPT2ForQuestionAnswering',
+                      'llama': 'LlamaForQuestionAnswering', 'modernbert': 'ModernBertForQuestionAnswering'}
+# A fine-tuned Classifier's class by its outputs (heads.OUTPUTS).
+FINETUNED = {'sequence': SEQUENCE_CLASSIFICATION, 'tokens': TOKEN_CLASSIFICATION, 'spans': QUESTION_ANSWERING}
 # The poolings (heads.resolve_pooling) each sequence-classification class computes (modernbert: its
 # classifier_pooling, 'mean' or 'cls').
 CLASSIFIER_POOLING = {'bert': ('pooler',), 'llama': ('last',), 'modernbert': ('mean', 'cls')}

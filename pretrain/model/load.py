@@ -2,7 +2,8 @@
 
 Pretraining checkpoints and imported ones hold a LanguageModel ({'encoder', 'mlm_head', ...}, and
 'sentence_head' with mlm.sentence_task nsp or sop); fine-tuned ones a Classifier ({'encoder', 'head'}),
-described by the meta item's 'classifier' entry. The architecture comes from the meta alone
+described by the meta item's 'classifier' entry (its 'outputs', heads.OUTPUTS, is 'sequence' where absent: checkpoints
+written before per-token heads). The architecture comes from the meta alone
 (config.from_checkpoint_meta), so checkpoints written before the architecture fields load too.
 """
 import dataclasses
@@ -24,7 +25,7 @@ class LoadedCheckpoint:
   params: dict  # the pure-dict param tree, on one device
   meta: dict
   step_dir: str
-  classifier: dict | None  # {'task', 'num_labels', 'labels', 'pooling', 'is_regression'}; None for LMs
+  classifier: dict | None  # {'task', 'num_labels', 'labels', 'pooling', 'is_regression', 'outputs'}; None for LMs
 
   def build(self, params: dict | None = None) -> nnx.Module:
     """The model with `params` (default: the checkpoint's), ready to call (no dropout key: deterministic)."""
@@ -36,7 +37,14 @@ def model_builder(model_cfg: ModelConfig, classifier: dict | None):
   """seed -> a fresh model of the checkpoint's kind."""
   if classifier is None:
     return lambda seed: LanguageModel(model_cfg, nnx.Rngs(seed))
-  return lambda seed: Classifier(model_cfg, classifier['num_labels'], nnx.Rngs(seed), classifier['pooling'])
+  return lambda seed: Classifier(model_cfg, classifier['num_labels'], nnx.Rngs(seed), classifier['pooling'],
+                                 outputs=classifier_outputs(classifier))
+
+
+def classifier_outputs(classifier: dict | None) -> str | None:
+  """What a fine-tuned head predicts (heads.OUTPUTS): 'sequence' for a meta written before 'outputs'; None for
+  language models."""
+  return None if classifier is None else classifier.get('outputs', 'sequence')
 
 
 def load_checkpoint(checkpoint: str, field: str = '--checkpoint') -> LoadedCheckpoint:

@@ -5,7 +5,9 @@
 
 to-hf writes config.json, model.safetensors (sharded with an index past --max_shard_size) and tokenizer files:
 BertForMaskedLM (bert), GPT2LMHeadModel (gpt2), LlamaForCausalLM (llama), ModernBertForMaskedLM (modernbert) or,
-fine-tuned, BertForSequenceClassification / LlamaForSequenceClassification / ModernBertForSequenceClassification.
+fine-tuned, BertForSequenceClassification / LlamaForSequenceClassification / ModernBertForSequenceClassification,
+and for per-token heads (Classifier outputs 'tokens' / 'spans') Bert, ModernBert, Llama or GPT2 ForTokenClassification
+/ ForQuestionAnswering.
 from-hf imports a BERT, GPT-2, Llama or ModernBERT directory
 (safetensors, sharded or not, or pytorch_model.bin) as a checkpoint that finetune and pretrain take as
 init_checkpoint.

@@ -8,6 +8,11 @@
   fine-tuned llama (pooling auto: the last real token) -> LlamaForSequenceClassification
   modernbert LanguageModel     -> ModernBertForMaskedLM (classifier_pooling mean, what pooling auto gives)
   fine-tuned modernbert (pooling auto/mean or cls) -> ModernBertForSequenceClassification (classifier_pooling)
+  fine-tuned, outputs 'tokens' -> BertForTokenClassification (no pooler: HF's has add_pooling_layer=False),
+                                  ModernBertForTokenClassification, LlamaForTokenClassification,
+                                  GPT2ForTokenClassification (id2label from the labels)
+  fine-tuned, outputs 'spans'  -> BertForQuestionAnswering, ModernBertForQuestionAnswering,
+                                  LlamaForQuestionAnswering, GPT2ForQuestionAnswering (start and end logits)
 
 Written: config.json, model.safetensors (or, past --max_shard_size, model-0000i-of-0000N.safetensors and
 model.safetensors.index.json, as transformers shards), tokenizer files. Everything goes to a temporary directory
@@ -34,25 +39,42 @@ _UNITS = {'': 1, 'B': 1, 'KB': 10**3, 'MB': 10**6, 'GB': 10**9, 'TB': 10**12, 'K
           'GIB': 2**30, 'TIB': 2**40}
 
 
-def tables(preset: str, classifier: bool) -> list[tuple[list[mapping.Rule], str]]:
-  """(rules, HF name prefix) for a model of ours that is `preset`."""
+# bert's pooler, which HF's per-token classes lack (BertModel(add_pooling_layer=False)): not exported.
+UNUSED_BY_PER_TOKEN_HEADS = 'encoder/pooler/'
+
+
+def tables(preset: str, outputs: str | None) -> list[tuple[list[mapping.Rule], str]]:
+  """(rules, HF name prefix) for a model of ours that is `preset`; outputs: the fine-tuned head's (heads.OUTPUTS),
+  None for a language model."""
   if preset == 'gpt2':
-    return [(mapping.GPT2_ENCODER, 'transformer.')]
+    head = {'tokens': mapping.GPT2_TOKEN_HEAD, 'spans': mapping.GPT2_QA_HEAD}.get(outputs, [])
+    return [(mapping.GPT2_ENCODER, 'transformer.'), (head, '')]
   if preset == 'llama':
-    return [(mapping.LLAMA_ENCODER, 'model.'),
-            (mapping.LLAMA_CLASSIFIER_HEAD if classifier else mapping.LLAMA_LM_HEAD, '')]
+    head = {None: mapping.LLAMA_LM_HEAD, 'sequence': mapping.LLAMA_CLASSIFIER_HEAD, 'tokens': mapping.LLAMA_TOKEN_HEAD,
+            'spans': mapping.LLAMA_QA_HEAD}[outputs]
+    # LlamaForQuestionAnswering keeps the older name of its encoder, 'transformer'.
+    return [(mapping.LLAMA_ENCODER, 'transformer.' if outputs == 'spans' else 'model.'), (head, '')]
   if preset == 'modernbert':
     return [(mapping.MODERNBERT_ENCODER, 'model.'),
-            (mapping.MODERNBERT_CLASSIFIER_HEAD if classifier else mapping.MODERNBERT_MLM_HEAD, '')]
-  head = mapping.BERT_CLASSIFIER_HEAD if classifier else mapping.BERT_MLM_HEAD + mapping.BERT_SENTENCE_HEAD
-  return [(mapping.BERT_ENCODER + mapping.BERT_POOLER, 'bert.'), (head, '')]
+            (mapping.MODERNBERT_MLM_HEAD if outputs is None else mapping.MODERNBERT_CLASSIFIER_HEAD, '')]
+  head = {None: mapping.BERT_MLM_HEAD + mapping.BERT_SENTENCE_HEAD, 'sequence': mapping.BERT_CLASSIFIER_HEAD,
+          'tokens': mapping.BERT_CLASSIFIER_HEAD, 'spans': mapping.BERT_QA_HEAD}[outputs]
+  pooler = mapping.BERT_POOLER if outputs in (None, 'sequence') else []
+  return [(mapping.BERT_ENCODER + pooler, 'bert.'), (head, '')]
 
 
 def _classifier_config(classifier: dict) -> dict:
+  """config.json's head fields: labels and task; a QA head has 2 outputs (start, end) and no problem_type."""
+  outputs = model_load.classifier_outputs(classifier)
   labels = classifier['labels'] or ['score']
-  return {'num_labels': classifier['num_labels'], 'id2label': dict(enumerate(labels)),
-          'label2id': {label: i for i, label in enumerate(labels)}, 'finetuning_task': classifier['task'],
-          'problem_type': 'regression' if classifier['is_regression'] else 'single_label_classification'}
+  if outputs == 'spans':
+    labels = labels if len(labels) == 2 else ['start', 'end']
+  fields = {'num_labels': len(labels) if outputs == 'spans' else classifier['num_labels'],
+            'id2label': dict(enumerate(labels)), 'label2id': {label: i for i, label in enumerate(labels)},
+            'finetuning_task': classifier['task']}
+  if outputs != 'spans':
+    fields['problem_type'] = 'regression' if classifier['is_regression'] else 'single_label_classification'
+  return fields
 
 
 def last_token_pad_id(tok) -> int:
@@ -73,19 +95,21 @@ def hf_tensors(loaded: model_load.LoadedCheckpoint) -> tuple[dict[str, np.ndarra
   """The state dict and the HF architecture name of a loaded checkpoint."""
   cfg, classifier = loaded.model_cfg, loaded.classifier
   preset = hf_config.hf_preset(cfg)
-  if classifier is not None:
+  outputs = model_load.classifier_outputs(classifier)
+  if outputs == 'sequence':  # per-token heads pool nothing
     require(resolve_pooling(cfg, classifier['pooling']) in hf_config.CLASSIFIER_POOLING.get(preset, ()),
             f"--checkpoint: a fine-tuned {preset} model with pooling '{classifier['pooling']}' has no Hugging Face "
             'class; only bert and llama with pooling auto, and modernbert with auto, mean or cls export (as '
             'BertForSequenceClassification, LlamaForSequenceClassification, ModernBertForSequenceClassification)')
-  architecture = (hf_config.SEQUENCE_CLASSIFICATION if classifier else hf_config.MASKED_LM)[preset]
+  architecture = (hf_config.FINETUNED[outputs] if classifier else hf_config.MASKED_LM)[preset]
   architecture = PRETRAINING if cfg.sentence_head else architecture
   flat = {k: np.asarray(v) for k, v in model_load.flatten(loaded.params).items()}
   tensors = {}
-  for rules, prefix in tables(preset, classifier is not None):
+  for rules, prefix in tables(preset, outputs):
     tensors.update(mapping.to_hf(rules, flat, cfg.num_layers, prefix))
-  used = {p for rules, _ in tables(preset, classifier is not None) for r in rules for p in r.ours}
-  leftover = sorted(set(flat) - used)
+  used = {p for rules, _ in tables(preset, outputs) for r in rules for p in r.ours}
+  unused = UNUSED_BY_PER_TOKEN_HEADS if outputs in ('tokens', 'spans') else None
+  leftover = sorted(p for p in set(flat) - used if not (unused and p.startswith(unused)))
   require(not leftover, f'--checkpoint: parameters {leftover} have no Hugging Face counterpart')
   return {k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}, architecture
 
@@ -135,8 +159,9 @@ def export(checkpoint: str, out: str, max_shard_size: str = DEFAULT_MAX_SHARD_SI
   require(tok.vocab_size <= cfg.vocab_size,
           f'--checkpoint: its tokenizer has {tok.vocab_size} tokens, more than model.vocab_size {cfg.vocab_size}')
   preset = hf_config.hf_preset(cfg)
-  pad_id = last_token_pad_id(tok) if loaded.classifier and preset == 'llama' else tok.pad_id
-  pooling = resolve_pooling(cfg, loaded.classifier['pooling'] if loaded.classifier else 'auto')
+  sequence = model_load.classifier_outputs(loaded.classifier) == 'sequence'
+  pad_id = last_token_pad_id(tok) if sequence and preset == 'llama' else tok.pad_id
+  pooling = resolve_pooling(cfg, loaded.classifier['pooling'] if sequence else 'auto')
   config_json = hf_config.to_hf_config(cfg, architecture, pad_id, tok.cls_id, tok.sep_id, pooling=pooling)
   if loaded.classifier:
     config_json.update(_classifier_config(loaded.classifier))

@@ -143,7 +143,8 @@ BERT_MLM_HEAD = [
     *norm('cls.predictions.transform.LayerNorm', 'mlm_head/norm'),
     Rule('cls.predictions.bias', ('mlm_head/bias',)),
 ]
-BERT_CLASSIFIER_HEAD = dense('classifier', 'head')
+BERT_CLASSIFIER_HEAD = dense('classifier', 'head')  # BertForSequenceClassification, BertForTokenClassification
+BERT_QA_HEAD = dense('qa_outputs', 'head')  # BertForQuestionAnswering: start and end logits
 # BertForPreTraining's next-sentence head (our nsp / sop head; 2 classes on the pooled [CLS]).
 BERT_SENTENCE_HEAD = dense('cls.seq_relationship', 'sentence_head')
 
@@ -161,6 +162,8 @@ GPT2_ENCODER = [
     *conv1d('h.{i}.mlp.c_proj', f'{_LAYER}/mlp/wo'),
     *norm('ln_f', 'encoder/final_norm'),
 ]
+GPT2_TOKEN_HEAD = dense('classifier', 'head')  # GPT2ForTokenClassification
+GPT2_QA_HEAD = dense('qa_outputs', 'head')  # GPT2ForQuestionAnswering
 
 # LlamaModel (prefix 'model.'): no biases (attention_bias and mlp_bias false), so the bias rules never apply.
 LLAMA_ENCODER = [
@@ -178,6 +181,8 @@ LLAMA_ENCODER = [
 ]
 LLAMA_LM_HEAD = dense('lm_head', 'lm_head')  # untied only (tie_word_embeddings false); no bias
 LLAMA_CLASSIFIER_HEAD = dense('score', 'head')  # LlamaForSequenceClassification: no bias
+LLAMA_TOKEN_HEAD = dense('score', 'head')  # LlamaForTokenClassification: with a bias
+LLAMA_QA_HEAD = dense('qa_outputs', 'head')  # LlamaForQuestionAnswering (its encoder's prefix: 'transformer.')
 
 # ModernBertModel (prefix 'model.'): no biases (attention_bias, mlp_bias, norm_bias false), so the bias rules never
 # apply; layer 0's attn_norm is an Identity.
@@ -201,7 +206,8 @@ MODERNBERT_MLM_HEAD = [
     Rule('decoder.bias', ('mlm_head/bias',)),
 ]
 # ModernBertForSequenceClassification: head.dense/head.norm on the pooled vector (our pooled_transform, the MLM
-# head's transform), then classifier (with a bias).
+# head's transform), then classifier (with a bias). ModernBertForTokenClassification and
+# ModernBertForQuestionAnswering name theirs the same, applied per token.
 MODERNBERT_CLASSIFIER_HEAD = [
     *dense('head.dense', 'pooled_transform/transform'),
     *norm('head.norm', 'pooled_transform/norm'),
