@@ -20,6 +20,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.max_length = 384
   c.data.doc_stride = 128  # pieces shared by consecutive windows of one context (Hugging Face's stride)
   c.data.max_query_length = 64
+  c.data.version = ''  # '' the directory's only pair of files; '1.1' or '2.0' when it holds both
   c.train.epochs = 2
   c.eval = ml_collections.ConfigDict(dict(n_best=20, max_answer_length=30))
   c.lock()

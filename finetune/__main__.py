@@ -1,5 +1,6 @@
 """python -m finetune --config configs/finetune_glue.py:task=sst2 --workdir DIR \
-     --config.init_checkpoint=CKPT --config.data.source=glue_dir:PATH [--config.seed=S ...]"""
+     --config.init_checkpoint=CKPT --config.data.source=glue_dir:PATH [--config.seed=S ...]
+(or --config configs/finetune_ner.py with conll:DIR, configs/finetune_squad.py with squad:DIR)"""
 from pretrain.runtime.cli import run_config_cli
 
 if __name__ == '__main__':

@@ -29,7 +29,7 @@ def _root(config) -> pathlib.Path:
 
 
 def validate_source(config) -> None:
-  squad.split_files(_root(config))
+  squad.split_files(_root(config), version=config.data.version or None)
   data, max_length = config.data, config.data.max_length
   require(0 < data.max_query_length < max_length - 3, f'data.max_query_length: must be in (0, data.max_length - 3), '
           f'got {data.max_query_length}')
@@ -48,7 +48,7 @@ def uses_pairs(config) -> bool:
 
 
 def prepare(config, tokenizer) -> PreparedTask:
-  files = squad.split_files(_root(config))
+  files = squad.split_files(_root(config), version=config.data.version or None)
   train, _ = squad.read_squad(files['train'])
   dev, version = squad.read_squad(files['dev'])
   if config.train.max_train_examples:

@@ -93,12 +93,12 @@ def split_files(root: pathlib.Path, field: str = 'data.source', version: str | N
   root = pathlib.Path(root).expanduser()
   require(root.is_dir(), f'{field}: SQuAD directory {root} does not exist')
   wanted = SPLIT_FILES if version is None else {version: SPLIT_FILES.get(version)}
-  require(all(names for names in wanted.values()), f'{field}: unknown SQuAD version {version!r} (1.1 or 2.0)')
+  require(all(names for names in wanted.values()), f'data.version: {version!r} is not a SQuAD version (1.1 or 2.0)')
   found = {v: names for v, names in wanted.items() if all((root / name).is_file() for name in names)}
   looked_for = ', '.join(' + '.join(names) for names in wanted.values())
   require(found, f'{field}: {root} has no SQuAD files (looked for {looked_for})')
   pairs = ', '.join(' + '.join(names) for names in found.values())
-  require(len(found) == 1, f'{field}: {root} has several SQuAD versions ({pairs}); pick one with the version')
+  require(len(found) == 1, f'{field}: {root} has several SQuAD versions ({pairs}); pick one with data.version')
   train, dev = next(iter(found.values()))
   return {'train': root / train, 'dev': root / dev}
 

@@ -64,9 +64,12 @@ def _export_and_compare(checkpoint: str, tmp_path: pathlib.Path, hf_class: str, 
 
 def test_ner_from_minilm_learns_the_planted_entities_and_writes_conll_predictions(minilm, tmp_path):
   gold = fixtures.write_conll(tmp_path / 'conll')
-  results = finetune_train.run(_config('ner', f'conll:{tmp_path / "conll"}', minilm, epochs=3), str(tmp_path / 'run'))
-  # Predicting O everywhere (the majority tag) finds no entity: F1 0. Measured: dev 0.88, test 0.83.
-  assert results['dev']['f1'] >= 0.75 and results['test']['f1'] >= 0.7, results
+  config = _config('ner', f'conll:{tmp_path / "conll"}', minilm, epochs=2)
+  config.train.learning_rate = 2e-4
+  results = finetune_train.run(config, str(tmp_path / 'run'))
+  # Predicting O everywhere (the majority tag) finds no entity: F1 0. Measured: dev 0.81, test 0.82 (3 epochs at
+  # the auto 8e-5: 0.88, 0.83).
+  assert results['dev']['f1'] >= 0.7 and results['test']['f1'] >= 0.7, results
   assert results['labels'] == ['O', 'B-DATE', 'I-DATE', 'B-LOC', 'I-LOC']  # train was IOB1: read as IOB2
 
   from seqeval import metrics as seqeval_metrics  # pylint: disable=import-outside-toplevel
@@ -86,17 +89,18 @@ def test_ner_from_minilm_learns_the_planted_entities_and_writes_conll_prediction
   windows = word_windows.build(words, None, loaded.tokenizer, 64, 16)
   difference = _export_and_compare(results['checkpoint'], tmp_path, 'BertForTokenClassification',
                                    windows.arrays(windows.longest))
-  assert difference <= 1e-4, difference
+  assert difference <= 1e-5, difference  # measured 1.9e-6 (logits up to 3.7)
 
 
 def test_squad_v2_from_minilm_learns_answers_and_when_there_is_none(minilm, tmp_path):
   fixtures.write_squad(tmp_path / 'squad', '2.0')
-  results = finetune_train.run(_config('squad', f'squad:{tmp_path / "squad"}', minilm, epochs=3),
-                               str(tmp_path / 'run'))
+  config = _config('squad', f'squad:{tmp_path / "squad"}', minilm, epochs=2)
+  config.train.learning_rate = 2e-4
+  results = finetune_train.run(config, str(tmp_path / 'run'))
   dev, version = squad.read_squad(tmp_path / 'squad' / 'dev-v2.0.json')
   assert version == '2.0' and results['squad_version'] == '2.0'
-  # Chance: the better of answering with the whole context and with nothing. Measured: F1 65 (HasAns 60,
-  # NoAns 88) after 3 epochs of 160 questions.
+  # Chance: the better of answering with the whole context and with nothing (F1 20.0). Measured: F1 70.0 (HasAns
+  # 62.5, NoAns 100) after 2 epochs of 160 questions at lr 2e-4 (3 epochs at the auto 8e-5: 65.3, 59.8, 87.5).
   chance = max(squad_metrics.evaluate(dev, {e.id: e.context for e in dev})['f1'],
                squad_metrics.evaluate(dev, {e.id: '' for e in dev})['f1'])
   assert results['dev']['f1'] >= max(50.0, 2 * chance), (results['dev'], chance)
@@ -116,7 +120,7 @@ def test_squad_v2_from_minilm_learns_answers_and_when_there_is_none(minilm, tmp_
   windows = span_windows.build(dev[:8], loaded.tokenizer, 64, 16, 16)
   difference = _export_and_compare(results['checkpoint'], tmp_path, 'BertForQuestionAnswering',
                                    windows.arrays(windows.longest))
-  assert difference <= 1e-4, difference
+  assert difference <= 1e-5, difference  # measured 4.1e-6 (logits up to 3.0)
 
 
 @pytest.mark.parametrize('kind', ['mlm', 'modernbert', 'llama', 'clm'])
@@ -178,6 +182,8 @@ def test_bad_ner_settings_name_the_field(tmp_path, field, value, match):
     ('data.doc_stride', 48, r'data\.doc_stride: 48 leaves no new context pieces'),
     ('data.source', 'conll:/tmp', r"data\.source: expected 'squad:DIR' for task squad"),
     ('train.class_weights', 'balanced', r'train\.class_weights: SQuAD has no classes to weigh'),
+    ('data.version', '3.0', r"data\.version: '3\.0' is not a SQuAD version"),
+    ('data.version', '2.0', r'data\.source: .* has no SQuAD files \(looked for train-v2\.0\.json'),
 ])
 def test_bad_squad_settings_name_the_field(tmp_path, field, value, match):
   fixtures.write_squad(tmp_path / 'squad', '1.1', train=4, dev=2)
