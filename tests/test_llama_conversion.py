@@ -4,8 +4,9 @@ mistakes parity catches, bitwise round trips, sharded safetensors, a tied head, 
 the config.json settings we do not compute.
 
 Weights are trained: hf_fixtures.llama_dir trains a transformers Llama 300 AdamW steps at lr 3e-2 on Python source
-(logits std ~2.3), our llama pretrains 30 steps at lr 3e-2 (checkpoint_fixtures.TRAINED). The measured max |logit
-difference| (float32) is in hf_fixtures.TOLERANCE's comment; each mistake below moves the logits by 0.04 to 3.5.
+(logits std ~2.3), our llama pretrains 30 steps at lr 3e-2 (checkpoint_fixtures.TRAINED). Our float32 logits are
+compared with transformers' in float64 (hf_fixtures.near_exact; the measured gaps are in TOLERANCE's comment); each
+mistake below moves the logits by 0.04 to 3.5.
 """
 import dataclasses
 import json
@@ -26,7 +27,8 @@ from pretrain.model import load as model_load
 from pretrain.runtime.errors import ConfigError
 from tests.checkpoint_fixtures import TRAINED
 from tests.glue_fixtures import write_task
-from tests.hf_fixtures import TEXTS, TOLERANCE, hf_logits, llama_dir, logits_of, padded, stdlib_text
+from tests.hf_fixtures import (TEXTS, TOLERANCE, float64_gaps, hf_logits, llama_dir, logits_of, near_exact, padded,
+                               stdlib_text)
 from tools import generate
 from tools.convert_checkpoint import cli as convert_checkpoint
 from tools.convert_checkpoint import export as export_lib
@@ -55,14 +57,13 @@ def ours_llama(checkpoints):
   return checkpoints.trained('llama')
 
 
-def max_diffs(loaded, model, texts):
-  """max |ours - transformers| on random tokens and on the texts, tokenized by our tokenizer (right-padded)."""
+def gaps(loaded, model, texts):
+  """hf_fixtures.float64_gaps on random tokens and on the texts, tokenized by our tokenizer (right-padded)."""
   tok = loaded.tokenizer
   ids = np.random.default_rng(0).integers(0, tok.vocab_size, (2, 48))
-  random = np.abs(logits_of(loaded, ids) - hf_logits(model, ids)).max()
+  random = float64_gaps(logits_of(loaded, ids), model, ids)
   ids, real = padded([[tok.cls_id, *tok.encode(t)] for t in texts], tok.sep_id)
-  diff = np.abs(logits_of(loaded, ids, segment_ids=real) - hf_logits(model, ids, attention_mask=real))
-  return random, diff[real == 1].max()
+  return random, float64_gaps(logits_of(loaded, ids, segment_ids=real), model, ids, real == 1, attention_mask=real)
 
 
 def test_import_matches_transformers_on_random_and_real_tokens(hf_llama, imported, tmp_path, capsys):
@@ -73,8 +74,8 @@ def test_import_matches_transformers_on_random_and_real_tokens(hf_llama, importe
   assert (cfg.num_heads, cfg.num_kv_heads, cfg.tie_embeddings, cfg.layer_norm_eps) == (4, 2, False, 1e-5)
   model = transformers.LlamaForCausalLM.from_pretrained(hf_llama).eval()
   texts = TEXTS + [stdlib_text()[:120]]  # ~80 tokens, within max_position_embeddings 128
-  random, real = max_diffs(loaded, model, texts)
-  assert random <= TOLERANCE and real <= TOLERANCE, (random, real)
+  random, real = gaps(loaded, model, texts)
+  assert near_exact(random) and near_exact(real), (random, real)
   reference, tok = transformers.AutoTokenizer.from_pretrained(hf_llama), loaded.tokenizer
   assert (tok.cls_id, tok.sep_id) == (0, 1)  # config.json's bos_token_id / eos_token_id
   for text in texts:
@@ -90,8 +91,8 @@ def test_export_of_our_pretrained_llama_matches_transformers(ours_llama, tmp_pat
   assert type(model) is transformers.LlamaForCausalLM
   assert (model.config.num_key_value_heads, model.config.tie_word_embeddings) == (2, False)
   loaded = model_load.load_checkpoint(str(ours_llama))
-  random, real = max_diffs(loaded, model, TEXTS)
-  assert random <= TOLERANCE and real <= TOLERANCE, (random, real)
+  random, real = gaps(loaded, model, TEXTS)
+  assert near_exact(random) and near_exact(real), (random, real)
   reference, tok = transformers.AutoTokenizer.from_pretrained(tmp_path / 'hf'), loaded.tokenizer
   for text in TEXTS:  # our SentencePiece model as tokenizer.json; BOS first, as LlamaTokenizerFast adds it
     assert reference(text)['input_ids'] == [tok.cls_id, *tok.encode(text)]
@@ -136,7 +137,7 @@ def test_parity_catches_the_mapping_mistake(hf_llama, imported, mistake):
   ids = np.random.default_rng(0).integers(0, loaded.tokenizer.vocab_size, (2, 48))
   theirs = hf_logits(model, ids)
   flat = {k: np.asarray(v) for k, v in model_load.flatten(loaded.params).items()}
-  assert np.abs(logits_of(loaded, ids, flat=flat) - theirs).max() <= TOLERANCE
+  assert near_exact(float64_gaps(logits_of(loaded, ids, flat=flat), model, ids))
   cfg, wrong = MISTAKES[mistake](loaded.model_cfg, flat)
   assert np.abs(logits_of(loaded, ids, cfg, wrong) - theirs).max() > 100 * TOLERANCE
 
@@ -205,7 +206,7 @@ def test_sharded_export_loads_in_transformers_and_imports_back_bitwise(imported,
   model = transformers.LlamaForCausalLM.from_pretrained(tmp_path / 'hf').eval()
   loaded = model_load.load_checkpoint(str(imported))
   ids = np.random.default_rng(1).integers(0, loaded.tokenizer.vocab_size, (2, 32))
-  assert np.abs(logits_of(loaded, ids) - hf_logits(model, ids)).max() <= TOLERANCE
+  assert near_exact(float64_gaps(logits_of(loaded, ids), model, ids))
   importer.import_hf(str(tmp_path / 'hf'), str(tmp_path / 'back'))
   _same_params(loaded, model_load.load_checkpoint(str(tmp_path / 'back')))
 
@@ -221,7 +222,7 @@ def test_tied_llama_imports_and_exports(tmp_path):
   assert (cfg.tie_embeddings, cfg.head_dim, loaded.tokenizer.sep_id) == (True, 32, 1)
   assert 'lm_head' not in loaded.params
   model = transformers.LlamaForCausalLM.from_pretrained(hf_dir).eval()
-  assert max(max_diffs(loaded, model, TEXTS)) <= TOLERANCE
+  assert all(near_exact(gap) for gap in gaps(loaded, model, TEXTS))
   summary = export_lib.export(str(tmp_path / 'ours'), str(tmp_path / 'back'))
   assert summary['architecture'] == 'LlamaForCausalLM'
   assert json.loads((tmp_path / 'back' / 'config.json').read_text())['tie_word_embeddings'] is True

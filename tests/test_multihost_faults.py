@@ -8,6 +8,7 @@ import pathlib
 import re
 import shutil
 import signal
+import threading
 import time
 
 import pytest
@@ -25,6 +26,13 @@ PREEMPT_STEPS = 30  # room for the preemption service to agree on a step well be
 PREEMPT_ARGS = [f'--config.train.steps={PREEMPT_STEPS}', '--config.train.checkpoint_every=1000',
                 '--config.train.log_every=1', '--config.train.eval_every=1000', '--config.train.eval_batches=1',
                 f'--heartbeat_timeout_s={HEARTBEAT_S}']
+
+
+def _default_heartbeat(args: list[str]) -> list[str]:
+  """args for a rerun whose claim is the resume: the default heartbeat timeout. Twice on CI (2 busy cores), with the
+  10 s one, a restarted job did not end: one process waited in JAX's shutdown barrier for the other until it
+  aborted (a 'terminate called after throwing'; once the barrier's 300 s timeout)."""
+  return [arg for arg in args if not arg.startswith('--heartbeat_timeout_s')]
 
 
 def _committed_steps(workdir: pathlib.Path) -> list[int]:
@@ -87,10 +95,7 @@ def test_a_killed_process_stops_the_other_and_a_restart_of_both_resumes_exactly(
   before = _records(workdir, 'loss')  # the killed run's steps, some past its newest checkpoint
   newest = _committed_steps(workdir)[-1]
   assert max(before) > newest
-  # The same command again, both processes; with the default heartbeat timeout: this run's claim is the resume,
-  # and once (CI, 2 busy cores) a finished process aborted in JAX's shutdown ('terminate called after throwing')
-  # with the 10 s one.
-  outputs = _train(workdir, 2, MESH, *[a for a in ARGS if not a.startswith('--heartbeat_timeout_s')])
+  outputs = _train(workdir, 2, MESH, *_default_heartbeat(ARGS))  # the same command again, both processes
   assert f'resumed from {workdir / "checkpoints" / str(newest)} at step {newest}' in outputs[0]
   after = _records(workdir, 'loss')
   assert sorted(after) == list(range(1, STEPS + 1))
@@ -130,7 +135,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step_with_one_checkpoint_and_b
   assert _logged_step(workdir) == step  # no step trained past it
 
   workdir = shutil.copytree(workdir, tmp_path / 'run')
-  outputs = _train(workdir, 2, MESH, *PREEMPT_ARGS)  # the same command again, both processes
+  outputs = _train(workdir, 2, MESH, *_default_heartbeat(PREEMPT_ARGS))  # the same command again, both processes
   assert f'resumed from {workdir / "checkpoints" / str(step)} at step {step}' in outputs[0]
   assert sorted(_records(workdir, 'loss')) == list(range(1, PREEMPT_STEPS + 1))  # each step logged once
   assert _committed_steps(workdir)[-1] == PREEMPT_STEPS
@@ -173,3 +178,42 @@ def test_the_watchdog_condemns_a_silent_peer_not_a_finished_one_nor_one_it_could
       'error: lost process 0 of 2 (the coordinator, 10.0.0.1:1234): no heartbeat for 10 s (it died, hangs or '
       'cannot be reached); process 1 stops too. Restart all 2 processes (same flags, same --workdir) to resume '
       'from the last checkpoint')
+
+
+class _SlowClient:
+  """The key-value calls of JAX's coordination-service client, each taking delay_s; peer 1 beats on every read."""
+
+  def __init__(self, delay_s: float):
+    self.delay_s, self.calls, self.in_flight, self.done_keys = delay_s, 0, 0, []
+    self._lock = threading.Lock()
+
+  def _call(self) -> int:
+    with self._lock:
+      self.calls += 1
+      self.in_flight += 1
+    time.sleep(self.delay_s)
+    with self._lock:
+      self.in_flight -= 1
+      return self.calls
+
+  def key_value_set(self, key, value, allow_overwrite=False):  # pylint: disable=unused-argument
+    self._call()
+    if '/done/' in key:
+      self.done_keys.append(key)
+
+  def key_value_dir_get(self, prefix):
+    return [(f'{prefix}beat/1', str(self._call()))]
+
+
+def test_an_exiting_process_stops_its_watchdog_before_jax_shuts_the_client_down():
+  """mark_done runs at exit, before JAX's shutdown: once it returns, the watchdog has no call in flight on the client
+  and makes none (JAX's shutdown has the client to itself), and the others can see that this process is done."""
+  client = _SlowClient(delay_s=0.2)
+  watchdog = PeerWatchdog(client, process_id=0, num_processes=2, timeout_s=10)  # a beat and a read each second
+  watchdog.start()
+  time.sleep(0.3)  # the watchdog is in its first read
+  watchdog.mark_done()
+  calls = client.calls
+  assert client.in_flight == 0 and client.done_keys == [f'{KEY_PREFIX}done/0']
+  time.sleep(1.5)  # past the watchdog's next turn
+  assert client.calls == calls

@@ -1,5 +1,6 @@
 """Two real processes on 127.0.0.1 (jax.distributed, CPU collectives) train exactly like one process, and
 checkpoints move between 2-process and 1-process runs onto other meshes."""
+import concurrent.futures
 import json
 import os
 import pathlib
@@ -62,9 +63,11 @@ def _start(workdir, processes, mesh, *extra, slurm=False, stderr=None, cwds=None
 
 
 def _finish(procs, timeout: int = 600) -> list[str]:
-  """Each process's stderr once all have exited (any still running after `timeout` is killed)."""
+  """Each process's stderr once all have exited (any still running after `timeout` is killed). The pipes are read
+  side by side: a process whose pipe nobody drains would block in its next write once the pipe is full."""
   try:
-    return [proc.communicate(timeout=timeout)[1] for proc in procs]
+    with concurrent.futures.ThreadPoolExecutor(len(procs)) as pool:
+      return list(pool.map(lambda proc: proc.communicate(timeout=timeout)[1], procs))
   finally:
     for proc in procs:
       if proc.poll() is None:
@@ -75,8 +78,10 @@ def _train(workdir, processes, mesh, *extra, slurm=False):
   """_start, then each process's stderr once all have exited with code 0."""
   procs = _start(workdir, processes, mesh, *extra, slurm=slurm)
   outputs = _finish(procs)
-  for proc, err in zip(procs, outputs):
-    assert proc.returncode == 0, err[-3000:]
+  # Every process's tail: a process that stalls and is aborted by JAX's runtime shows where its threads were.
+  tails = [f'--- process {i} (exit code {proc.returncode}):\n{err[-3000:]}' for i, (proc, err) in
+           enumerate(zip(procs, outputs))]
+  assert [proc.returncode for proc in procs] == [0] * processes, '\n'.join(tails)
   return outputs
 
 
