@@ -8,7 +8,6 @@ import pathlib
 import re
 import shutil
 import signal
-import threading
 import time
 
 import pytest
@@ -179,41 +178,3 @@ def test_the_watchdog_condemns_a_silent_peer_not_a_finished_one_nor_one_it_could
       'cannot be reached); process 1 stops too. Restart all 2 processes (same flags, same --workdir) to resume '
       'from the last checkpoint')
 
-
-class _SlowClient:
-  """The key-value calls of JAX's coordination-service client, each taking delay_s; peer 1 beats on every read."""
-
-  def __init__(self, delay_s: float):
-    self.delay_s, self.calls, self.in_flight, self.done_keys = delay_s, 0, 0, []
-    self._lock = threading.Lock()
-
-  def _call(self) -> int:
-    with self._lock:
-      self.calls += 1
-      self.in_flight += 1
-    time.sleep(self.delay_s)
-    with self._lock:
-      self.in_flight -= 1
-      return self.calls
-
-  def key_value_set(self, key, value, allow_overwrite=False):  # pylint: disable=unused-argument
-    self._call()
-    if '/done/' in key:
-      self.done_keys.append(key)
-
-  def key_value_dir_get(self, prefix):
-    return [(f'{prefix}beat/1', str(self._call()))]
-
-
-def test_an_exiting_process_stops_its_watchdog_before_jax_shuts_the_client_down():
-  """mark_done runs at exit, before JAX's shutdown: once it returns, the watchdog has no call in flight on the client
-  and makes none (JAX's shutdown has the client to itself), and the others can see that this process is done."""
-  client = _SlowClient(delay_s=0.2)
-  watchdog = PeerWatchdog(client, process_id=0, num_processes=2, timeout_s=10)  # a beat and a read each second
-  watchdog.start()
-  time.sleep(0.3)  # the watchdog is in its first read
-  watchdog.mark_done()
-  calls = client.calls
-  assert client.in_flight == 0 and client.done_keys == [f'{KEY_PREFIX}done/0']
-  time.sleep(1.5)  # past the watchdog's next turn
-  assert client.calls == calls

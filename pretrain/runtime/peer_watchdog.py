@@ -4,12 +4,10 @@ JAX's runtime notices a process that stopped sending heartbeats too, but it ends
 log and a stack dump of every thread. This watchdog answers first: every process publishes a beat in the
 coordination service's key-value store every timeout_s / 10 and reads the others'. A peer whose beat has not
 moved for timeout_s (dead, hung, or unreachable) is lost: every other process writes `error: lost process ...`
-and exits with code 1, wherever its main thread waits (a collective, a checkpoint barrier). A process that exits
-by itself stops its watchdog first (mark_done, at exit), so that no call of the watchdog's is in flight on the
-client while JAX shuts it down; in JAX's shutdown, JAX's own heartbeat check is left. That timeout is set longer
-(runtime_heartbeat_timeout), as the backstop. The beats come from Python: a process whose interpreter is stuck that
-long in one call that holds the GIL counts as lost (XLA's compiles and collectives, Orbax and SentencePiece
-training let go of it).
+and exits with code 1, wherever its main thread waits (a collective, a checkpoint barrier, JAX's shutdown).
+JAX's own heartbeat timeout is set longer (runtime_heartbeat_timeout), as the backstop. The beats come from
+Python: a process whose interpreter is stuck that long in one call that holds the GIL counts as lost (XLA's
+compiles and collectives, Orbax and SentencePiece training let go of it).
 
 Not covered: when process 0 dies, the coordination service dies with it, and JAX's runtime aborts the others
 at once (a fatal log, `Terminating process because the JAX distributed service detected fatal errors`).
@@ -24,7 +22,6 @@ from absl import logging
 
 DEFAULT_TIMEOUT_S = 100  # JAX's own default: slow hosts and busy networks of a pod are not lost
 EXIT_CODE = 1
-STOP_WAIT_S = 30  # how long an exiting process waits for the watchdog's call in flight (one key-value read)
 KEY_PREFIX = 'flax_pretrain/peer_watchdog/'
 
 
@@ -54,21 +51,14 @@ class PeerWatchdog:
     self._beats = {}
     self._answered = self._observed = now  # the service's last answer; this watchdog's last look
     self._done = threading.Event()
-    self._thread: threading.Thread | None = None
 
   def start(self) -> None:
     atexit.register(self.mark_done)  # runs before jax's own atexit shutdown, which waits for every process
-    self._thread = threading.Thread(target=self._run, name='peer-watchdog', daemon=True)
-    self._thread.start()
+    threading.Thread(target=self._run, name='peer-watchdog', daemon=True).start()
 
   def mark_done(self) -> None:
-    """This process exits by itself (finished, or its own error): not lost while it waits in JAX's shutdown.
-    The watchdog stops first and its call in flight ends: JAX's shutdown then has the client to itself."""
-    if self._done.is_set():
-      return
+    """This process exits by itself (finished, or its own error): not lost while it waits in JAX's shutdown."""
     self._done.set()
-    if self._thread is not None and self._thread is not threading.current_thread():
-      self._thread.join(timeout=STOP_WAIT_S)
     try:
       self.client.key_value_set(f'{KEY_PREFIX}done/{self.process_id}', '1', allow_overwrite=True)
     except Exception:  # pylint: disable=broad-except  # the service is gone: nobody is left to tell
@@ -92,19 +82,19 @@ class PeerWatchdog:
 
   def _run(self) -> None:
     beat = 0
-    while not self._done.is_set():
+    while True:
       beat += 1
       try:
         self.client.key_value_set(f'{KEY_PREFIX}beat/{self.process_id}', str(beat), allow_overwrite=True)
         entries = dict(self.client.key_value_dir_get(KEY_PREFIX))
       except Exception:  # pylint: disable=broad-except  # no answer from the coordination service
+        if self._done.is_set():  # JAX's shutdown closed the connection: the job is over
+          return
         entries = None
-      if self._done.is_set():  # this process exits by itself: nobody is condemned on its way out
-        return
       lost = self.observe(time.monotonic(), entries)
       if lost:
         self._stop(lost)
-      self._done.wait(self.interval_s)
+      time.sleep(self.interval_s)
 
   def _stop(self, lost: list[int]) -> None:
     if self.process_id == 0 and len(lost) < self.num_processes - 1:
