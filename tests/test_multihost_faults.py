@@ -177,4 +177,3 @@ def test_the_watchdog_condemns_a_silent_peer_not_a_finished_one_nor_one_it_could
       'error: lost process 0 of 2 (the coordinator, 10.0.0.1:1234): no heartbeat for 10 s (it died, hangs or '
       'cannot be reached); process 1 stops too. Restart all 2 processes (same flags, same --workdir) to resume '
       'from the last checkpoint')
-

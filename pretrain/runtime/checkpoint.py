@@ -59,6 +59,17 @@ def _agree(outcome: list | None, step_dir: pathlib.Path, what: str = '') -> list
   return outcomes
 
 
+class _CheckpointManager(ocp.CheckpointManager):
+  """Orbax's, without its own preemption checks. The train loop alone asks JAX's preemption sync point, once per
+  step (pretrain/runtime/preemption.py), and saves when it says so. Orbax asked it again at each save and, for a
+  metric, from its background finalize thread; that concurrent call into JAX's preemption service once left a
+  preempted process to abort at exit ('terminate called after throwing', rc -6) after its checkpoint committed."""
+
+  def reached_preemption(self, step: int) -> bool:
+    del step
+    return False
+
+
 class Checkpointer:
   """A CheckpointManager for one workdir. All processes call save/restore together."""
 
@@ -68,7 +79,7 @@ class Checkpointer:
     # Keep-N is ours (_delete_old): Orbax's own deletes old steps even when the newer save failed.
     options = ocp.CheckpointManagerOptions(max_to_keep=None, create=True, enable_async_checkpointing=async_save,
                                            cleanup_tmp_directories=True)  # saves cut short by a kill
-    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=('state', 'data', 'meta'))
+    self.manager = _CheckpointManager(self.directory, options=options, item_names=('state', 'data', 'meta'))
     for step in self.manager.all_steps():
       if not committed(self.directory / str(step)):
         self.set_aside(step, f'no commit marker {COMMIT_MARKER} (a save cut short, or a partial copy)')
