@@ -64,14 +64,14 @@ def summary_writer_class():
   """tensorboardX's SummaryWriter, imported without torch. tensorboardX imports torch whenever it is installed,
   only to accept torch tensors (we log floats): that costs a process 3-5 s and 0.6 GB. A torch already imported
   stays; a later `import torch` works as usual."""
-  if 'torch' in sys.modules:
-    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-    return SummaryWriter
-  sys.modules['torch'] = None  # `import torch` raises ImportError meanwhile
+  blocked = 'torch' not in sys.modules
+  if blocked:
+    sys.modules['torch'] = None  # `import torch` raises ImportError meanwhile
   try:
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
   finally:
-    del sys.modules['torch']
+    if blocked:
+      del sys.modules['torch']
   return SummaryWriter
 
 
